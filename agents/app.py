@@ -1,0 +1,157 @@
+"""The Faust app: three agents chained by topics, plus the dead-letter mirror.
+
+Agents stay thin: decode the event, call a pipeline function, emit the result.
+Anything that fails becomes a DeadLetter on calls.dlq (original event, stage,
+reason) and the worker carries on with the next event.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+import faust
+
+from config.settings import Settings
+from models.events import CallRecorded, CallTagged, CallTranscribed, DeadLetter
+
+log = logging.getLogger("callqa.agents")
+
+
+def _call_id(raw: bytes) -> Optional[str]:
+    try:
+        cid = json.loads(raw).get("call_id")
+        return str(cid) if cid else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    if hasattr(exc, "errors") and callable(exc.errors):  # pydantic: name the bad fields
+        try:
+            return "invalid event: " + "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors())
+        except Exception:
+            pass
+    return str(exc) or type(exc).__name__
+
+
+def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=None) -> faust.App:
+    s = settings or Settings.from_env()
+    app = faust.App(
+        s.app_id,
+        broker=f"kafka://{s.kafka_bootstrap or 'localhost:9092'}",
+        store="memory://",
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=s.topic_partitions,
+        topic_replication_factor=1,
+        datadir=str(s.home_dir / "faust"),
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        # Whisper on a long call outlasts the defaults; the pool keeps the loop free meanwhile.
+        broker_max_poll_interval=max(1000.0, s.asr_call_timeout_s * 2),
+        stream_processing_timeout=max(300.0, s.asr_call_timeout_s * 2),
+        producer_acks=-1,
+    )
+    app.conf.callqa = s  # type: ignore[attr-defined]
+
+    recorded = app.topic(s.topic_recorded)
+    transcribed = app.topic(s.topic_transcribed)
+    tagged = app.topic(s.topic_tagged)
+    dlq = app.topic(s.topic_dlq)
+
+    if transcriber is None:
+        from pipeline.transcribe import CallTranscriber
+        transcriber = CallTranscriber(s)
+    if tagger is None:
+        from pipeline.tagging import load_rules, tag_call
+        rules = load_rules()
+
+        def tagger(ev: CallTranscribed) -> CallTagged:
+            result = tag_call(ev.segments, ev.language_detected or ev.language, ev.duration_s, rules)
+            return CallTagged.model_validate({**ev.model_dump(), **result.model_dump()})
+
+    db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callqa-db")  # one writer
+    sessions = None
+    stats_dirty = asyncio.Event()
+
+    def db():
+        nonlocal sessions
+        if sessions is None:
+            from models.db import session_factory
+            sessions = session_factory(s.db_url)
+        return sessions
+
+    async def in_db(fn, *args):
+        def run():
+            with db().begin() as session:
+                return fn(session, *args)
+        return await asyncio.get_running_loop().run_in_executor(db_executor, run)
+
+    async def dead(stage: str, raw: bytes, exc: BaseException) -> None:
+        cid = _call_id(raw)
+        letter = DeadLetter(call_id=cid, stage=stage, error=_reason(exc), error_type=type(exc).__name__,
+                            original=raw.decode("utf-8", "replace"))
+        log.warning("call %s failed at %s: %s", cid or "?", stage, letter.error)
+        await dlq.send(key=(cid or "").encode() or None, value=letter.model_dump_json().encode())
+
+    @app.agent(recorded, concurrency=max(1, s.asr_workers))
+    async def transcribe(stream):
+        async for raw in stream:
+            try:
+                ev = CallRecorded.model_validate_json(raw)
+                out = await transcriber(ev)
+            except Exception as exc:
+                await dead("transcribe", raw, exc)
+                continue
+            log.info("transcribed %s: %d segments, %.1fs audio in %.1fs", ev.call_id, len(out.segments),
+                     out.asr.audio_s, out.asr.wall_s)
+            await transcribed.send(key=ev.call_id.encode(), value=out.model_dump_json().encode())
+
+    @app.agent(transcribed)
+    async def tag(stream):
+        async for raw in stream:
+            try:
+                out = tagger(CallTranscribed.model_validate_json(raw))
+            except Exception as exc:
+                await dead("tag", raw, exc)
+                continue
+            await tagged.send(key=out.call_id.encode(), value=out.model_dump_json().encode())
+
+    @app.agent(tagged)
+    async def store(stream):
+        from pipeline.store import store_tagged
+        async for raw in stream:
+            for attempt in range(3):
+                try:
+                    await in_db(store_tagged, CallTagged.model_validate_json(raw))
+                    stats_dirty.set()
+                    break
+                except Exception as exc:
+                    if attempt == 2 or isinstance(exc, ValueError):
+                        await dead("store", raw, exc)
+                        break
+                    await asyncio.sleep(2 ** attempt)  # a busy or restarting database
+
+    @app.agent(dlq)
+    async def record_failure(stream):
+        from pipeline.store import mark_failed
+        async for raw in stream:
+            try:
+                await in_db(mark_failed, DeadLetter.model_validate_json(raw))
+            except Exception:
+                log.exception("could not record a dead letter in the database (it stays in %s)", s.topic_dlq)
+
+    @app.timer(interval=1.0)
+    async def refresh_stats():
+        # Batched: recomputing once a second costs the same for 1 call or 500.
+        if stats_dirty.is_set():
+            stats_dirty.clear()
+            from pipeline.store import refresh_stats as refresh
+            await in_db(refresh, s.min_calls_for_rank)
+
+    app.callqa_agents = dict(transcribe=transcribe, tag=tag, store=store, record_failure=record_failure)  # type: ignore
+    return app

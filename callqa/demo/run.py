@@ -1,0 +1,118 @@
+"""`callqa demo`: a local broker, a worker, the shipped sample calls, the report."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from config.settings import Settings
+
+DEMO_DIR = Path(__file__).resolve().parent
+
+
+def demo_events(recordings: Path) -> list:
+    from models.events import CallRecorded
+
+    events = []
+    for item in json.loads((DEMO_DIR / "calls.json").read_text()):
+        src = DEMO_DIR / "calls" / item["file"]
+        dest = recordings / item["file"]
+        shutil.copyfile(src, dest)
+        data = {k: v for k, v in item.items() if k not in ("file", "intended")}
+        events.append(CallRecorded.model_validate({**data, "recording_url": dest.as_uri()}))
+    return events
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    bar = "#" * int(30 * done / total) + "-" * (30 - int(30 * done / total))
+    sys.stdout.write(f"\r  [{bar}] {done}/{total} calls processed, {time.monotonic() - started:5.0f}s")
+    sys.stdout.flush()
+
+
+def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
+    from sqlalchemy import select
+
+    from callqa.broker import BrokerError, LocalBroker
+    from callqa.publisher import Publisher
+    from callqa.report import manager_rows, render_table
+    from models.db import session_factory
+    from models.tables import Call
+
+    home = base.home_dir / "demo" if not base.home else base.home_dir
+    shutil.rmtree(home, ignore_errors=True)  # a demo starts from a clean database every time
+    recordings = home / "recordings"
+    recordings.mkdir(parents=True)
+    s = replace(base, home=str(home), recordings_dir=str(recordings), database_url=base.database_url,
+                app_id=f"{base.app_id}-demo")
+    broker = None
+    worker = None
+    try:
+        if not s.kafka_bootstrap:
+            print("Starting a local Apache Kafka broker (KRaft)...")
+            try:
+                broker = LocalBroker(workdir=home / "kafka").start()
+            except BrokerError as e:
+                print(f"callqa: error: {e}", file=sys.stderr)
+                return 2
+            s = replace(s, kafka_bootstrap=broker.bootstrap)
+            print(f"  broker on {broker.bootstrap}")
+        env = {**os.environ, "CALLQA_HOME": str(home), "CALLQA_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+               "CALLQA_RECORDINGS_DIR": s.recordings_dir, "CALLQA_APP_ID": s.app_id,
+               "CALLQA_DATABASE_URL": s.db_url}
+        log_path = home / "worker.log"
+        print(f"Starting the worker (log: {log_path})...")
+        worker = subprocess.Popen([sys.executable, "-m", "callqa", "worker"], env=env,
+                                  stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+        events = demo_events(recordings)
+        with Publisher(s.kafka_bootstrap, s.topic_recorded) as pub:
+            for ev in events:
+                pub.publish(ev)
+        print(f"Published {len(events)} sample calls to {s.topic_recorded}; transcribing and tagging...")
+        sessions = session_factory(s.db_url)
+        ids = [e.call_id for e in events]
+        started = time.monotonic()
+        done = 0
+        while done < len(ids):
+            if worker.poll() is not None:
+                print(f"\ncallqa: error: the worker stopped (exit {worker.returncode}); see {log_path}",
+                      file=sys.stderr)
+                return 1
+            if time.monotonic() - started > timeout_s:
+                print(f"\ncallqa: error: only {done}/{len(ids)} calls done after {timeout_s:.0f}s; see {log_path}",
+                      file=sys.stderr)
+                return 1
+            with sessions() as session:
+                done = len(session.scalars(select(Call.call_id).where(
+                    Call.call_id.in_(ids), Call.status.in_(("tagged", "failed")))).all())
+            _progress(done, len(ids), started)
+            time.sleep(1.0)
+        print()
+        time.sleep(1.5)  # the worker refreshes the statistics table once a second
+        with sessions() as session:
+            failed = session.scalars(select(Call).where(Call.call_id.in_(ids), Call.status == "failed")).all()
+            rows = manager_rows(session, s.min_calls_for_rank)
+        for c in failed:
+            print(f"  failed: {c.call_id} at {c.failed_stage}: {c.error}")
+        print()
+        print(render_table(rows, s.min_calls_for_rank))
+        print()
+        print(f"Database: {s.db_url}")
+        print(f"Again, any time: CALLQA_DATABASE_URL={s.db_url} callqa report")
+        return 0 if not failed else 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping the worker and the broker")
+        return 130
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if broker is not None:
+            broker.stop()

@@ -1,0 +1,332 @@
+"""The telephony ingest HTTP service: provider callbacks -> CallRecorded on Kafka.
+
+``create_app(settings, publisher)`` builds the FastAPI app; ``run_ingest(host,
+port)`` runs it (the ``callqa ingest`` command). Every hook verifies the
+provider's signature (401), parses with the provider's adapter (400 with a
+reason naming the field), checks the recording URL against the SSRF guard (400
+``unsafe_url:<why>``), publishes through the injected publisher in a worker
+thread, and answers only after the broker acknowledged (503 if it did not, so
+the provider retries).
+
+Idempotency: a retried callback publishes nothing twice. The service remembers
+``(provider, call_id) -> rank`` in an in-memory LRU (CALLQA_INGEST_DEDUP_SIZE)
+and serialises concurrent callbacks for one call; an event is published again
+only when it is richer (higher rank: e.g. a Zadarma NOTIFY_END after a bare
+NOTIFY_RECORD). The LRU does not survive a restart and is per process: beyond
+it, duplicates are harmless because every downstream stage upserts by call_id.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import Counter, OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qsl
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from callqa.ingest_settings import IngestSettings
+from models.events import CallRecorded
+from pipeline.ingest.asterisk import AsteriskAdapter
+from pipeline.ingest.base import ContextStore, IngestConfig, IngestError, Outcome, RequestParts
+from pipeline.ingest.freeswitch import FreeSwitchAdapter
+from pipeline.ingest.generic import GenericAdapter
+from pipeline.ingest.mango import MangoAdapter
+from pipeline.ingest.managers import ManagerDirectory
+from pipeline.ingest.safety import URLPolicy, UnsafeURL, check_recording_url
+from pipeline.ingest.twilio import TwilioAdapter
+from pipeline.ingest.zadarma import ZadarmaAdapter
+
+log = logging.getLogger("callqa.ingest")
+PROVIDERS = ("twilio", "asterisk", "freeswitch", "zadarma", "mango", "generic")
+
+
+def ingest_config(s: IngestSettings) -> IngestConfig:
+    return IngestConfig(
+        verify=s.verify_signatures, public_url=s.public_url, twilio_auth_token=s.twilio_auth_token,
+        twilio_agent_channel=s.twilio_agent_channel, zadarma_secret=s.zadarma_secret,
+        zadarma_manager_channel=s.zadarma_manager_channel, zadarma_timezone=s.zadarma_timezone,
+        mango_api_key=s.mango_api_key, mango_api_salt=s.mango_api_salt,
+        mango_manager_channel=s.mango_manager_channel, generic_secret=s.generic_secret,
+        asterisk_secret=s.asterisk_secret, freeswitch_secret=s.freeswitch_secret, language=s.language,
+        path_map=s.path_map)
+
+
+def url_policy(s: IngestSettings) -> URLPolicy:
+    return URLPolicy.build(s.allowed_hosts, s.allowed_dirs, allow_private=s.allow_private,
+                           allow_http=s.allow_http)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.accepted: Counter[str] = Counter()
+        self.rejected: Counter[tuple[str, str]] = Counter()
+        self.ignored: Counter[tuple[str, str]] = Counter()
+        self.duplicates: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def render(self, managers: ManagerDirectory) -> str:
+        def esc(v: str) -> str:
+            return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        lines = ["# HELP callqa_ingest_accepted_total Calls published to the broker (acknowledged).",
+                 "# TYPE callqa_ingest_accepted_total counter"]
+        for p in PROVIDERS:
+            lines.append(f'callqa_ingest_accepted_total{{provider="{p}"}} {self.accepted[p]}')
+        lines += ["# HELP callqa_ingest_rejected_total Callbacks refused, by reason.",
+                  "# TYPE callqa_ingest_rejected_total counter"]
+        for (p, r), n in sorted(self.rejected.items()):
+            lines.append(f'callqa_ingest_rejected_total{{provider="{esc(p)}",reason="{esc(r)}"}} {n}')
+        lines += ["# HELP callqa_ingest_ignored_total Callbacks acknowledged without a recording to publish.",
+                  "# TYPE callqa_ingest_ignored_total counter"]
+        for (p, r), n in sorted(self.ignored.items()):
+            lines.append(f'callqa_ingest_ignored_total{{provider="{esc(p)}",reason="{esc(r)}"}} {n}')
+        lines += ["# HELP callqa_ingest_duplicates_total Retried callbacks that published nothing.",
+                  "# TYPE callqa_ingest_duplicates_total counter"]
+        for p in PROVIDERS:
+            lines.append(f'callqa_ingest_duplicates_total{{provider="{p}"}} {self.duplicates[p]}')
+        lines += ["# HELP callqa_ingest_unknown_extension_total Calls whose extension maps to no manager.",
+                  "# TYPE callqa_ingest_unknown_extension_total counter"]
+        for (p, ext), n in sorted(managers.unknown_counts.items()):
+            lines.append(f'callqa_ingest_unknown_extension_total{{provider="{esc(p)}",extension="{esc(ext)}"}} {n}')
+        return "\n".join(lines) + "\n"
+
+
+class Deduper:
+    """(provider, call_id) -> best rank published; LRU-bounded; one in-flight publish per key."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._seen: "OrderedDict[tuple[str, str], int]" = OrderedDict()
+        self._locks: dict[tuple[str, str], list] = {}   # key -> [lock, users]
+
+    def rank(self, key) -> Optional[int]:
+        r = self._seen.get(key)
+        if r is not None:
+            self._seen.move_to_end(key)
+        return r
+
+    def mark(self, key, rank: int) -> None:
+        self._seen[key] = max(rank, self._seen.get(key, 0))
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+
+    async def guard(self, key):
+        entry = self._locks.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1
+        return _Guard(self, key, entry)
+
+
+class _Guard:
+    def __init__(self, d: Deduper, key, entry):
+        self.d, self.key, self.entry = d, key, entry
+
+    async def __aenter__(self):
+        await self.entry[0].acquire()
+
+    async def __aexit__(self, *exc):
+        self.entry[0].release()
+        self.entry[1] -= 1
+        if self.entry[1] == 0:
+            self.d._locks.pop(self.key, None)
+
+
+def create_app(settings: IngestSettings, publisher: Any, managers: Optional[ManagerDirectory] = None) -> FastAPI:
+    """``publisher`` needs ``publish(event, timeout_s=...)`` that returns after the broker ack."""
+    managers = managers if managers is not None else ManagerDirectory.from_yaml(settings.managers_file)
+    cfg = ingest_config(settings)
+    policy = url_policy(settings)
+    ctx = ContextStore(max(1000, settings.dedup_size // 2))
+    dedup = Deduper(settings.dedup_size)
+    metrics = Metrics()
+    adapters = {
+        "twilio": TwilioAdapter(cfg, managers),
+        "zadarma": ZadarmaAdapter(cfg, managers),
+        "mango": MangoAdapter(cfg, managers),
+        "freeswitch": FreeSwitchAdapter(cfg, managers),
+        "asterisk": AsteriskAdapter(cfg, managers, tz=settings.asterisk_timezone),
+        "generic": GenericAdapter(cfg, managers),
+    }
+    app = FastAPI(title="callqa ingest", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.metrics, app.state.dedup, app.state.managers, app.state.context = metrics, dedup, managers, ctx
+
+    def reject(provider: str, status: int, reason: str, detail: str = "") -> JSONResponse:
+        metrics.rejected[(provider, reason)] += 1
+        log.warning("ingest %s rejected (%s): %s %s", provider, status, reason, detail)
+        return JSONResponse({"status": "rejected", "reason": reason, "detail": detail}, status_code=status)
+
+    async def parts_of(request: Request) -> RequestParts:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > settings.max_body_bytes:
+                raise IngestError("body_too_large")
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        form = None
+        if ctype == "application/x-www-form-urlencoded":
+            form = parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+        return RequestParts(method=request.method, url=str(request.url), path=request.url.path,
+                            query=list(request.query_params.multi_items()),
+                            headers={k.lower(): v for k, v in request.headers.items()}, body=body, form=form)
+
+    async def publish_once(provider: str, ev: CallRecorded, rank: int) -> str:
+        key = (provider, ev.call_id)
+        async with await dedup.guard(key):
+            prev = dedup.rank(key)
+            if prev is not None and prev >= rank:
+                metrics.duplicates[provider] += 1
+                return "duplicate"
+            await run_in_threadpool(publisher.publish, ev, timeout_s=settings.publish_timeout_s)
+            dedup.mark(key, rank)
+            metrics.accepted[provider] += 1
+            return "published"
+
+    async def handle(provider: str, request: Request,
+                     parse: Optional[Callable[[RequestParts], Outcome]] = None) -> Response:
+        adapter = adapters[provider]
+        try:
+            parts = await parts_of(request)
+        except IngestError:
+            return reject(provider, 413, "body_too_large")
+        try:
+            adapter.verify(parts)
+            outcome = parse(parts) if parse else adapter.parse(parts, ctx)
+        except IngestError as e:
+            return reject(provider, e.status, e.reason, e.detail)
+        events = outcome.events()
+        if not events:
+            metrics.ignored[(provider, outcome.ignored or "nothing")] += 1
+            return JSONResponse({"status": "ignored", "reason": outcome.ignored})
+        if outcome.unknown_extension is not None:
+            log.warning("ingest %s: extension %r maps to no manager (config %s)", provider,
+                        outcome.unknown_extension, settings.managers_file)
+        results = []
+        for ev, rank in events:
+            try:
+                check_recording_url(ev.recording_url, policy)
+            except UnsafeURL as e:
+                return reject(provider, 400, f"unsafe_url:{e.reason}", str(e))
+            try:
+                results.append({"call_id": ev.call_id, "status": await publish_once(provider, ev, rank)})
+            except Exception as e:  # broker down or no ack in time: let the provider retry
+                log.error("ingest %s: publish of %s failed: %r", provider, ev.call_id, e)
+                return reject(provider, 503, "publish_failed", type(e).__name__)
+        body: dict[str, Any] = dict(results[0])
+        if len(results) > 1:
+            body["calls"] = results
+        return JSONResponse(body)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "managers": len(managers)}
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return PlainTextResponse(metrics.render(managers), media_type="text/plain; version=0.0.4")
+
+    @app.post("/hooks/twilio")
+    async def twilio(request: Request) -> Response:
+        return await handle("twilio", request)
+
+    @app.get("/hooks/zadarma")
+    async def zadarma_echo(zd_echo: str = "") -> Response:
+        # Zadarma checks the URL by GET ?zd_echo=<random> and expects it echoed back.
+        return PlainTextResponse(zd_echo[:256])
+
+    @app.post("/hooks/zadarma")
+    async def zadarma(request: Request) -> Response:
+        return await handle("zadarma", request)
+
+    @app.post("/hooks/mango/events/record/added")
+    async def mango_record(request: Request) -> Response:
+        return await handle("mango", request, lambda p: adapters["mango"].parse(p, ctx, "record/added"))
+
+    @app.post("/hooks/mango/events/summary")
+    async def mango_summary(request: Request) -> Response:
+        return await handle("mango", request, lambda p: adapters["mango"].parse(p, ctx, "summary"))
+
+    @app.post("/hooks/mango/{rest:path}")
+    async def mango_other(rest: str, request: Request) -> Response:
+        def parse(p: RequestParts) -> Outcome:
+            return Outcome(ignored=f"event:{rest}")
+        if not (await request.body()).strip():      # Mango's "check connection" posts nothing
+            metrics.ignored[("mango", "ping")] += 1
+            return JSONResponse({"status": "ignored", "reason": "ping"})
+        return await handle("mango", request, parse)
+
+    @app.post("/hooks/freeswitch")
+    async def freeswitch(request: Request) -> Response:
+        return await handle("freeswitch", request)
+
+    @app.post("/hooks/asterisk")
+    async def asterisk(request: Request) -> Response:
+        return await handle("asterisk", request)
+
+    @app.post("/hooks/generic")
+    async def generic(request: Request) -> Response:
+        return await handle("generic", request)
+
+    return app
+
+
+# ---- spool watcher (Asterisk/FreePBX monitor directory) ---------------------
+
+def spool_loop(settings: IngestSettings, publisher: Any, managers: ManagerDirectory,
+               stop: threading.Event) -> None:
+    """Scan the monitor dir every CALLQA_ASTERISK_SPOOL_INTERVAL_S; publish, then commit."""
+    from pipeline.ingest.spool import SpoolScanner
+
+    out_dir = Path(settings.spool_out_dir) if settings.spool_out_dir else settings.allowed_dirs[0] / "asterisk"
+    scanner = SpoolScanner(settings.spool_dir, out_dir, settings.home_dir / "ingest" / "spool-state.json",
+                           managers, settle_s=settings.spool_settle_s, tz=settings.asterisk_timezone,
+                           language=settings.language)
+    policy = url_policy(settings)
+    while not stop.is_set():
+        try:
+            for ev in scanner.scan():
+                try:
+                    check_recording_url(ev.recording_url, policy)
+                except UnsafeURL as e:
+                    log.error("spool: %s refused (%s); add the spool dirs to CALLQA_RECORDINGS_DIR", ev.call_id, e)
+                    continue
+                publisher.publish(ev, timeout_s=settings.publish_timeout_s)
+                scanner.commit(ev.call_id)
+        except Exception:  # keep watching; the next scan retries what was not committed
+            log.exception("spool scan failed")
+        stop.wait(settings.spool_interval_s)
+
+
+def run_ingest(host: str = "0.0.0.0", port: int = 8090) -> None:
+    """Run the ingest service (and the spool watcher when CALLQA_ASTERISK_SPOOL_DIR is set)."""
+    import uvicorn
+
+    from callqa.publisher import Publisher
+    from config.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    base = Settings.from_env()
+    ingest = IngestSettings.from_env()
+    bootstrap = base.kafka_bootstrap
+    if not bootstrap:
+        raise SystemExit("callqa: error: set CALLQA_KAFKA_BOOTSTRAP=host:port (the broker the worker reads); "
+                         "for a local one run `callqa broker` in another terminal")
+    publisher = Publisher(bootstrap, base.topic_recorded)
+    managers = ManagerDirectory.from_yaml(ingest.managers_file)
+    app = create_app(ingest, publisher, managers)
+    stop = threading.Event()
+    watcher = None
+    if ingest.spool_dir:
+        watcher = threading.Thread(target=spool_loop, args=(ingest, publisher, managers, stop),
+                                   name="callqa-spool", daemon=True)
+        watcher.start()
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        stop.set()
+        if watcher is not None:
+            watcher.join(timeout=30)
+        publisher.close()

@@ -1,0 +1,77 @@
+"""Typed settings of the telephony ingest service (env name + default), as config/settings.py."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from config.settings import CONFIG_DIR, _parse, setting
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    verify_signatures: bool = setting(
+        "CALLQA_INGEST_VERIFY", True, "verify provider signatures (never turn off in production)")
+    public_url: str = setting(
+        "CALLQA_INGEST_PUBLIC_URL", "", "public base URL the providers call (Twilio signs it), e.g. https://qa.example.com")
+    twilio_auth_token: str = setting("CALLQA_TWILIO_AUTH_TOKEN", "", "Twilio auth token (signature key)")
+    twilio_agent_channel: int = setting(
+        "CALLQA_TWILIO_AGENT_CHANNEL", 2, "dual-channel: Twilio channel (1|2) of the agent; 2 = child leg of <Dial>")
+    zadarma_secret: str = setting("CALLQA_ZADARMA_SECRET", "", "Zadarma API secret (signs notifications)")
+    zadarma_api_key: str = setting("CALLQA_ZADARMA_API_KEY", "", "Zadarma API key (the fetcher asks for recording links)")
+    zadarma_manager_channel: str = setting(
+        "CALLQA_ZADARMA_MANAGER_CHANNEL", "mono", "mono | 0 | 1 | unknown (stereo, channel not known)")
+    zadarma_timezone: str = setting("CALLQA_ZADARMA_TIMEZONE", "UTC", "time zone of Zadarma's call_start")
+    mango_api_key: str = setting("CALLQA_MANGO_API_KEY", "", "Mango Office vpbx_api_key")
+    mango_api_salt: str = setting("CALLQA_MANGO_API_SALT", "", "Mango Office vpbx_api_salt (signature key)")
+    mango_manager_channel: str = setting(
+        "CALLQA_MANGO_MANAGER_CHANNEL", "mono", "mono | 0 | 1 | unknown: which channel is the employee")
+    generic_secret: str = setting("CALLQA_GENERIC_SECRET", "", "HMAC-SHA256 key of /hooks/generic (fallback for asterisk/freeswitch)")
+    asterisk_secret: str = setting("CALLQA_ASTERISK_SECRET", "", "HMAC-SHA256 key of /hooks/asterisk")
+    freeswitch_secret: str = setting("CALLQA_FREESWITCH_SECRET", "", "HMAC-SHA256 key / Basic password of /hooks/freeswitch")
+    allowed_hosts: str = setting(
+        "CALLQA_INGEST_ALLOWED_HOSTS", "", "extra recording hosts (comma-separated, *.suffix allowed; '*' = any public host)")
+    allow_private: bool = setting(
+        "CALLQA_INGEST_ALLOW_PRIVATE", False, "allow recording URLs on loopback/private/link-local addresses")
+    allow_http: bool = setting("CALLQA_INGEST_ALLOW_HTTP", False, "allow plain http:// recording URLs")
+    recordings_dir: str = setting(
+        "CALLQA_RECORDINGS_DIR", "", "file:// recordings must lie inside these dirs (os.pathsep-separated)")
+    path_map: str = setting(
+        "CALLQA_INGEST_PATH_MAP", "", "rewrite PBX paths to local ones: '/pbx/dir=/local/dir;...'")
+    managers_file: str = setting(
+        "CALLQA_MANAGERS_FILE", str(CONFIG_DIR / "managers.yaml"), "extension -> manager map (YAML)")
+    language: str = setting("CALLQA_INGEST_LANGUAGE", "auto", "language of the calls: ru | en | auto")
+    dedup_size: int = setting("CALLQA_INGEST_DEDUP_SIZE", 100_000, "call ids remembered for idempotency (LRU)")
+    publish_timeout_s: float = setting("CALLQA_INGEST_PUBLISH_TIMEOUT_S", 30.0, "wait this long for the broker ack")
+    max_body_bytes: int = setting("CALLQA_INGEST_MAX_BODY", 1_048_576, "larger callbacks are refused (413)")
+    asterisk_timezone: str = setting("CALLQA_ASTERISK_TIMEZONE", "UTC", "time zone of FreePBX file-name timestamps")
+    spool_dir: str = setting("CALLQA_ASTERISK_SPOOL_DIR", "", "Asterisk monitor dir to scan (empty = no scanner)")
+    spool_out_dir: str = setting("CALLQA_ASTERISK_SPOOL_OUT", "", "where joined stereo files go (default CALLQA_HOME/recordings/asterisk)")
+    spool_interval_s: float = setting("CALLQA_ASTERISK_SPOOL_INTERVAL_S", 10.0, "scan period")
+    spool_settle_s: float = setting("CALLQA_ASTERISK_SPOOL_SETTLE_S", 10.0, "a file unchanged this long is finished")
+    home: str = setting("CALLQA_HOME", "", "working directory (state files)")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "IngestSettings":
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = os.environ.get(f.metadata["env"])
+            if raw is not None:
+                values[f.name] = _parse(raw, type(f.default), f.metadata["env"])
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def home_dir(self) -> Path:
+        return Path(self.home or os.environ.get("CALLQA_HOME") or Path.cwd() / "var").resolve()
+
+    @property
+    def allowed_dirs(self) -> list[Path]:
+        if self.recordings_dir:
+            return [Path(p).resolve() for p in self.recordings_dir.split(os.pathsep) if p]
+        return [self.home_dir / "recordings"]
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, Any, str]]:
+        return [(f.metadata["env"], f.default, f.metadata["help"]) for f in fields(cls)]

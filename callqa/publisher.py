@@ -1,0 +1,31 @@
+"""Publishing CallRecorded events with kafka-python (key = call_id, acks=all)."""
+from __future__ import annotations
+
+from models.events import CallRecorded
+
+
+class Publisher:
+    def __init__(self, bootstrap: str, topic: str = "calls.recorded"):
+        from kafka import KafkaProducer
+
+        self.topic = topic
+        self._producer = KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", retries=5, linger_ms=5,
+            max_in_flight_requests_per_connection=1)
+
+    def publish(self, event: CallRecorded, timeout_s: float = 30.0) -> None:
+        """Returns only once the broker acknowledged the event."""
+        self.publish_raw(event.call_id, event.model_dump_json().encode(), timeout_s)
+
+    def publish_raw(self, key: str | None, value: bytes, timeout_s: float = 30.0, topic: str | None = None) -> None:
+        fut = self._producer.send(topic or self.topic, value=value, key=key.encode() if key else None)
+        fut.get(timeout=timeout_s)
+
+    def close(self) -> None:
+        self._producer.close()
+
+    def __enter__(self) -> "Publisher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

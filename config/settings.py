@@ -1,0 +1,92 @@
+"""Typed settings: each has an environment name and a default, so callqa runs
+embedded (SQLite, local broker) with nothing to configure first."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent
+
+
+def _home() -> Path:
+    return Path(os.environ.get("CALLQA_HOME", Path.cwd() / "var")).resolve()
+
+
+def setting(env: str, default: Any, help: str) -> Any:
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = setting(
+        "CALLQA_KAFKA_BOOTSTRAP", "", "Kafka bootstrap servers (host:port,...); empty = start a local broker")
+    database_url: str = setting(
+        "CALLQA_DATABASE_URL", "", "SQLAlchemy URL; empty = SQLite file in CALLQA_HOME")
+    app_id: str = setting("CALLQA_APP_ID", "callqa", "Faust app id (consumer group)")
+    topic_recorded: str = setting("CALLQA_TOPIC_RECORDED", "calls.recorded", "input topic")
+    topic_transcribed: str = setting("CALLQA_TOPIC_TRANSCRIBED", "calls.transcribed", "after ASR")
+    topic_tagged: str = setting("CALLQA_TOPIC_TAGGED", "calls.tagged", "after tagging")
+    topic_dlq: str = setting("CALLQA_TOPIC_DLQ", "calls.dlq", "dead letters")
+    topic_partitions: int = setting("CALLQA_TOPIC_PARTITIONS", 4, "partitions of the calls.* topics")
+    asr_engine: str = setting("CALLQA_ASR_ENGINE", "faster-whisper", "faster-whisper | openai-whisper")
+    asr_model: str = setting("CALLQA_ASR_MODEL", "base", "model name or directory")
+    asr_compute_type: str = setting("CALLQA_ASR_COMPUTE_TYPE", "int8", "int8 | float32 | float16 (GPU)")
+    asr_device: str = setting("CALLQA_ASR_DEVICE", "cpu", "cpu | cuda")
+    asr_beam_size: int = setting("CALLQA_ASR_BEAM_SIZE", 5, "beam size")
+    asr_vad: bool = setting("CALLQA_ASR_VAD", True, "voice activity filter (stops echo/silence hallucinations)")
+    asr_workers: int = setting("CALLQA_ASR_WORKERS", 2, "transcription processes (one model each)")
+    asr_cpu_threads: int = setting("CALLQA_ASR_CPU_THREADS", 1, "CPU threads per transcription process")
+    asr_max_audio_s: float = setting("CALLQA_ASR_MAX_AUDIO_S", 4 * 3600.0, "longer recordings are refused")
+    asr_call_timeout_s: float = setting("CALLQA_ASR_CALL_TIMEOUT_S", 900.0, "per-call transcription limit")
+    asr_turn_gap_s: float = setting("CALLQA_ASR_TURN_GAP_S", 0.8, "pause that starts a new turn")
+    recordings_dir: str = setting(
+        "CALLQA_RECORDINGS_DIR", "", "file:// recordings must lie inside these dirs (os.pathsep-separated); empty = CALLQA_HOME/recordings")
+    fetch_max_bytes: int = setting("CALLQA_FETCH_MAX_BYTES", 500 * 1024 * 1024, "download size cap")
+    fetch_timeout_s: float = setting("CALLQA_FETCH_TIMEOUT_S", 60.0, "download timeout")
+    min_calls_for_rank: int = setting("CALLQA_MIN_CALLS", 2, "calls a manager needs before a weak stage is named")
+    home: str = setting("CALLQA_HOME", "", "working directory for the database, broker data and caches")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Settings":
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = os.environ.get(f.metadata["env"])
+            if raw is None:
+                continue
+            values[f.name] = _parse(raw, type(f.default), f.metadata["env"])
+        values.update(overrides)
+        s = cls(**values)
+        return s
+
+    @property
+    def home_dir(self) -> Path:
+        return Path(self.home).resolve() if self.home else _home()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home_dir / 'callqa.db'}"
+
+    @property
+    def allowed_dirs(self) -> list[Path]:
+        if self.recordings_dir:
+            return [Path(p).resolve() for p in self.recordings_dir.split(os.pathsep) if p]
+        return [self.home_dir / "recordings"]
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, Any, str]]:
+        return [(f.metadata["env"], f.default, f.metadata["help"]) for f in fields(cls)]
+
+
+def _parse(raw: str, typ: type, env: str) -> Any:
+    try:
+        if typ is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return typ(raw)
+    except ValueError:
+        raise ValueError(f"{env}={raw!r} is not a valid {typ.__name__}") from None

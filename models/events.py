@@ -1,0 +1,162 @@
+"""Event schemas on Kafka, one place for each shape (see design.md, "Events").
+
+Every event carries ``schema_version``; unknown fields are kept (``extra="allow"``)
+so a newer producer never loses data passing through an older worker.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+
+STEPS: tuple[str, ...] = (
+    "greeting",
+    "needs_discovery",
+    "presentation",
+    "objection_handling",
+    "closing",
+)
+Step = Literal["greeting", "needs_discovery", "presentation", "objection_handling", "closing"]
+Speaker = Literal["manager", "client", "unknown"]
+Source = Literal["twilio", "asterisk", "freeswitch", "zadarma", "mango", "generic"]
+ObjectionKind = Literal[
+    "price", "supplier", "think", "timing", "trust", "no_need", "send_info", "other"
+]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Channels(_Event):
+    layout: Literal["stereo", "mono"] = "stereo"
+    # Which channel carries the manager; null for mono or when unknown.
+    manager_channel: Optional[Literal[0, 1]] = 0
+
+
+class Lead(_Event):
+    id: str
+    created_at: Optional[datetime] = None
+    temperature: Optional[Literal["hot", "warm", "cold"]] = None
+
+
+class CallRecorded(_Event):
+    schema_version: int = SCHEMA_VERSION
+    call_id: str = Field(min_length=1, max_length=200)
+    source: Source = "generic"
+    manager_id: str = Field(min_length=1, max_length=200)
+    manager_name: Optional[str] = None
+    team_id: Optional[str] = None
+    direction: Literal["inbound", "outbound"] = "outbound"
+    client_number: Optional[str] = None
+    started_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    duration_s: Optional[float] = None
+    recording_url: str
+    channels: Channels = Field(default_factory=Channels)
+    language: Literal["ru", "en", "auto"] = "auto"
+    lead: Optional[Lead] = None
+
+    @field_validator("recording_url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if not v.startswith(("file://", "https://", "http://", "s3://")):
+            raise ValueError("recording_url must start with file://, https://, http:// or s3://")
+        return v
+
+
+class Word(_Event):
+    start: float
+    end: float
+    word: str
+    probability: float = 1.0
+
+
+class Segment(_Event):
+    speaker: Speaker
+    start: float
+    end: float
+    text: str
+    avg_logprob: float = 0.0
+    words: list[Word] = Field(default_factory=list)
+
+
+class AsrInfo(_Event):
+    engine: str
+    model: str
+    compute_type: str
+    audio_s: float
+    wall_s: float
+
+
+class CallTranscribed(CallRecorded):
+    language_detected: Optional[str] = None
+    segments: list[Segment] = Field(default_factory=list)
+    asr: AsrInfo
+
+
+class UtteranceTag(_Event):
+    segment: int
+    step: Optional[Step] = None
+    # Every step the segment shows, primary first (the guideline's per_turn_all).
+    steps: list[Step] = Field(default_factory=list)
+    evidence: Optional[str] = None
+
+
+class StepResult(_Event):
+    present: bool = False
+    first_at: Optional[float] = None
+    quality: Optional[Literal["good", "weak", "missing"]] = None
+    reasons: list[str] = Field(default_factory=list)
+
+
+class Objection(_Event):
+    text: str
+    kind: ObjectionKind = "other"
+    answered: bool = False
+    at: Optional[float] = None
+    segment: Optional[int] = None
+    answer: Optional[str] = None
+
+
+class Metrics(_Event):
+    talk_ratio: Optional[float] = None
+    longest_monologue_s: float = 0.0
+    manager_questions: int = 0
+    interruptions: int = 0
+    silence_share: Optional[float] = None
+
+
+class Flag(_Event):
+    code: str
+    detail: str = ""
+    at: Optional[float] = None
+
+
+class Tagging(_Event):
+    """What the tagger adds to a transcribed call (pipeline.tagging.tag_call returns it)."""
+
+    utterance_tags: list[UtteranceTag] = Field(default_factory=list)
+    steps: dict[str, StepResult] = Field(default_factory=dict)
+    furthest_step: Optional[Step] = None
+    objections: list[Objection] = Field(default_factory=list)
+    metrics: Metrics = Field(default_factory=Metrics)
+    flags: list[Flag] = Field(default_factory=list)
+
+
+class CallTagged(CallTranscribed, Tagging):
+    pass
+
+
+class DeadLetter(_Event):
+    """What a stage could not process: the original event, untouched, and why."""
+
+    schema_version: int = SCHEMA_VERSION
+    call_id: Optional[str] = None
+    stage: Literal["ingest", "transcribe", "tag", "store"]
+    error: str
+    error_type: str = "Error"
+    original: str  # the raw event as received (text), so it can be replayed
+    failed_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))

@@ -1,0 +1,63 @@
+"""Tagging text dialogues in the ``shared/eval/dialogues.jsonl`` format (for ``callqa tag``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Optional
+
+from models.events import Segment, Tagging
+
+from .call import tag_call
+from .rules import Rules, default_rules
+
+
+def dialogue_segments(turns: list[dict], turn_s: float = 3.0) -> list[Segment]:
+    """Turns have no timings: each gets turn_s seconds, back to back."""
+    segs = []
+    for i, t in enumerate(turns):
+        sp = t.get("speaker", "unknown")
+        if sp not in ("manager", "client"):
+            sp = "unknown"
+        segs.append(Segment(speaker=sp, start=i * turn_s, end=(i + 1) * turn_s, text=t.get("text", "")))
+    return segs
+
+
+def tag_dialogue(d: dict, rules: Optional[Rules] = None) -> tuple[dict, Tagging]:
+    rules = rules or default_rules()
+    segs = dialogue_segments(d.get("turns", []), rules.flags.dialogue_turn_s)
+    tg = tag_call(segs, d.get("language") or "auto", duration_s=None, rules=rules)
+    steps_present = [s for s in ("greeting", "needs_discovery", "presentation", "objection_handling", "closing")
+                     if tg.steps[s].present]
+    out = {
+        "id": d.get("id"),
+        "per_turn": [u.step for u in tg.utterance_tags],
+        "per_turn_all": [list(u.steps) for u in tg.utterance_tags],
+        "steps_present": steps_present,
+        "furthest_step": tg.furthest_step,
+        "objections": [o.model_dump(mode="json") for o in tg.objections],
+        "flags": [f.model_dump(mode="json") for f in tg.flags],
+    }
+    return out, tg
+
+
+def iter_jsonl(path: Path) -> Iterable[dict]:
+    with Path(path).open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON: {e}") from e
+
+
+def tag_dialogues(input_path, output_path, rules: Optional[Rules] = None) -> None:
+    """Read dialogues (jsonl; labels ignored), write one tagging result per line (jsonl)."""
+    rules = rules or default_rules()
+    out_path = Path(output_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("w", encoding="utf-8") as out:
+        for d in iter_jsonl(Path(input_path)):
+            res, _ = tag_dialogue(d, rules)
+            out.write(json.dumps(res, ensure_ascii=False) + "\n")

@@ -1,0 +1,219 @@
+"""Loading and validating the tagger's trainer-editable configuration.
+
+* ``config/lexicon/<lang>.yaml``: cue phrases per category (matched on lemmas)
+  and regular expressions (matched on the lower-cased text);
+* ``config/flags.yaml``: flag thresholds and quality settings.
+
+Every problem is reported as ``RulesError("<file>: <key.path>: <what is wrong>")``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+LANGUAGES = ("en", "ru")
+
+# Cue categories a lexicon may define (see the comments in config/lexicon/en.yaml).
+CUE_CATEGORIES = (
+    "greeting",          # hello, my name is, X from Y, is it convenient to talk
+    "greeting_question",  # how can I help you (rule 5: greeting, not needs)
+    "needs_question",    # manager questions about the client's situation / budget / volumes
+    "needs_statement",   # client statements of need ("I'm looking for", "our budget is")
+    "presentation",      # the offer: we have, I recommend, it costs, includes
+    "product_question",  # client questions about the product / price before a decision
+    "closing",           # concrete next step / commitment (order, meeting, contract, invoice)
+    "closing_send",      # send the KP / price list / quote / info to e-mail
+    "closing_accept",    # client agreement to a proposed next step (agreed, deal)
+    "concrete_time",     # a date or time that makes a next step concrete
+    "vague_next_step",   # keep in touch / будем на связи (not a closing by itself)
+    "hold",              # let me check, one moment
+    "connection",        # hello? can you hear me?
+    "farewell",          # thanks, bye
+    "navigation",        # gatekeeper: put me through, is the director in
+    "service",           # support/service problem talk (negative control)
+)
+OBJECTION_KINDS = ("price", "supplier", "think", "timing", "trust", "no_need", "send_info", "other")
+
+
+class RulesError(ValueError):
+    """A configuration file is missing or invalid; the message names file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CueList(_Strict):
+    phrases: list[str] = Field(default_factory=list)
+    patterns: list[str] = Field(default_factory=list)
+
+
+class Lexicon(_Strict):
+    language: str
+    question_words: list[str] = Field(default_factory=list)
+    cues: dict[str, CueList] = Field(default_factory=dict)
+    objections: dict[str, CueList] = Field(default_factory=dict)
+
+
+class FlagToggle(_Strict):
+    enabled: bool = True
+
+
+class NoClosingFlag(FlagToggle):
+    min_call_s: float = Field(120.0, ge=0)
+
+
+class LongMonologueFlag(FlagToggle):
+    max_s: float = Field(60.0, gt=0)
+
+
+class HighTalkRatioFlag(FlagToggle):
+    max_percent: float = Field(70.0, gt=0, le=100)
+    min_speech_s: float = Field(30.0, ge=0)
+
+
+class NoNeedsFlag(FlagToggle):
+    min_call_s: float = Field(30.0, ge=0)
+
+
+class FlagSettings(_Strict):
+    unanswered_objection: FlagToggle = Field(default_factory=FlagToggle)
+    no_needs_discovery: NoNeedsFlag = Field(default_factory=NoNeedsFlag)
+    no_closing_attempt: NoClosingFlag = Field(default_factory=NoClosingFlag)
+    long_monologue: LongMonologueFlag = Field(default_factory=LongMonologueFlag)
+    high_talk_ratio: HighTalkRatioFlag = Field(default_factory=HighTalkRatioFlag)
+    presentation_before_needs: FlagToggle = Field(default_factory=FlagToggle)
+    vague_next_step: FlagToggle = Field(default_factory=FlagToggle)
+
+
+class QualitySettings(_Strict):
+    needs_questions_good: int = Field(2, ge=1)
+
+
+class MetricSettings(_Strict):
+    monologue_gap_s: float = Field(2.0, ge=0)
+    interruption_min_overlap_s: float = Field(0.3, ge=0)
+
+
+class FlagsConfig(_Strict):
+    flags: FlagSettings = Field(default_factory=FlagSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    metrics: MetricSettings = Field(default_factory=MetricSettings)
+    dialogue_turn_s: float = Field(3.0, gt=0)
+
+
+class Rules:
+    """Validated lexicons (per language) and flag settings; compiled matchers are cached."""
+
+    def __init__(self, lexicons: dict[str, Lexicon], flags: FlagsConfig, source: Optional[Path] = None):
+        self.lexicons = lexicons
+        self.flags = flags
+        self.source = source
+        self._compiled: dict[str, Any] = {}
+
+    def lexicon(self, language: str) -> Lexicon:
+        return self.lexicons["ru" if language == "ru" else "en"]
+
+    def compiled(self, language: str):
+        lang = "ru" if language == "ru" else "en"
+        c = self._compiled.get(lang)
+        if c is None:
+            from .tagger import CompiledLexicon
+
+            c = self._compiled[lang] = CompiledLexicon(self.lexicons[lang])
+        return c
+
+    def __repr__(self) -> str:
+        return f"Rules(source={self.source}, languages={sorted(self.lexicons)})"
+
+
+def _loc(err: dict) -> str:
+    return ".".join(str(p) for p in err.get("loc", ())) or "<root>"
+
+
+def _format(path: Path, exc: ValidationError) -> str:
+    parts = [f"{path}: {_loc(e)}: {e['msg']}" for e in exc.errors()]
+    return "; ".join(parts)
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise RulesError(f"{path}: file not found")
+    try:
+        with path.open(encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise RulesError(f"{path}: not valid YAML: {e}") from e
+    return {} if data is None else data
+
+
+def load_lexicon(path: Path, language: str) -> Lexicon:
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise RulesError(f"{path}: <root>: expected a mapping, got {type(data).__name__}")
+    try:
+        lex = Lexicon.model_validate(data)
+    except ValidationError as e:
+        raise RulesError(_format(path, e)) from None
+    if lex.language != language:
+        raise RulesError(f"{path}: language: expected {language!r}, got {lex.language!r}")
+    for cat in lex.cues:
+        if cat not in CUE_CATEGORIES:
+            raise RulesError(
+                f"{path}: cues.{cat}: unknown cue category; allowed: {', '.join(CUE_CATEGORIES)}"
+            )
+    for kind in lex.objections:
+        if kind not in OBJECTION_KINDS:
+            raise RulesError(
+                f"{path}: objections.{kind}: unknown objection kind; allowed: {', '.join(OBJECTION_KINDS)}"
+            )
+    for section in ("cues", "objections"):
+        for name, cl in getattr(lex, section).items():
+            for i, ph in enumerate(cl.phrases):
+                if not ph or not ph.strip():
+                    raise RulesError(f"{path}: {section}.{name}.phrases[{i}]: empty phrase")
+            for i, pat in enumerate(cl.patterns):
+                try:
+                    re.compile(pat)
+                except re.error as e:
+                    raise RulesError(
+                        f"{path}: {section}.{name}.patterns[{i}]: invalid regular expression {pat!r}: {e}"
+                    ) from None
+    return lex
+
+
+def load_flags(path: Path) -> FlagsConfig:
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise RulesError(f"{path}: <root>: expected a mapping, got {type(data).__name__}")
+    try:
+        return FlagsConfig.model_validate(data)
+    except ValidationError as e:
+        raise RulesError(_format(path, e)) from None
+
+
+_CACHE: dict[Path, Rules] = {}
+
+
+def load_rules(config_dir: Path | None = None) -> Rules:
+    """Read ``lexicon/en.yaml``, ``lexicon/ru.yaml`` and ``flags.yaml`` under config_dir.
+
+    Raises RulesError naming the file and key on any problem.
+    """
+    base = Path(config_dir) if config_dir is not None else DEFAULT_CONFIG_DIR
+    lexicons = {lang: load_lexicon(base / "lexicon" / f"{lang}.yaml", lang) for lang in LANGUAGES}
+    flags = load_flags(base / "flags.yaml")
+    return Rules(lexicons, flags, source=base)
+
+
+def default_rules() -> Rules:
+    """The rules from the default config dir, loaded once per process."""
+    r = _CACHE.get(DEFAULT_CONFIG_DIR)
+    if r is None:
+        r = _CACHE[DEFAULT_CONFIG_DIR] = load_rules(DEFAULT_CONFIG_DIR)
+    return r

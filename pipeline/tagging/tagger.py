@@ -1,0 +1,329 @@
+"""Per-segment cue detection and the per-call step logic of the tagger.
+
+Steps per segment (guideline ``shared/eval/GUIDELINE.md``):
+
+1. cue detection: lexicon phrases are matched on lemmas (an n-gram index over the
+   lemmas of the non-punctuation tokens, so commas or a missing "?" in ASR text do
+   not matter) and regexes on the lower-cased text;
+2. speaker-aware candidates: manager needs questions / offer / next-step proposals,
+   client statements of need / product questions / objections / acceptance;
+3. sequence logic: an objection opens an "objection exchange" that lasts until a
+   new step (closing) or a farewell; turns without cues take the step of the
+   exchange they belong to (rule 4); holds, farewells, connection problems and
+   gatekeeper navigation are null; a call dominated by service talk is a
+   negative control (only greetings are kept).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .nlp import get_nlp, normalize_text
+from .rules import Lexicon
+
+STEP_ORDER = ("greeting", "needs_discovery", "presentation", "objection_handling", "closing")
+NULL_CATS = ("hold", "farewell", "navigation", "connection", "service")
+_PUNCT = re.compile(r"^[\W_]+$")
+# interrogatives that make a question even a few words into an unpunctuated sentence
+_WH = {"what", "how", "when", "where", "who", "which", "why", "may",
+       "сколько", "какой", "какая", "какие", "какое", "когда", "где", "кто", "почему", "подскажите"}
+_FILLERS_EN = {"so", "and", "ok", "okay", "well", "um", "uh", "oh", "yes", "yeah", "right", "great",
+               "sure", "alright", "then", "but", "also", "now", "hmm"}
+_FILLERS_RU = {"а", "ну", "и", "вот", "так", "да", "хорошо", "ага", "понятно", "ясно", "отлично",
+               "скажите", "подскажите", "и"}
+
+
+@dataclass
+class Hit:
+    pos: int          # character offset in the segment text (for ordering)
+    evidence: str     # the text that matched
+
+
+class CompiledLexicon:
+    """A lexicon turned into an n-gram index over lemmas plus compiled regexes."""
+
+    def __init__(self, lex: Lexicon):
+        self.lex = lex
+        self.language = lex.language
+        self.nlp = get_nlp(lex.language)
+        self.index: dict[tuple[str, ...], list[str]] = {}
+        self.regexes: list[tuple[str, re.Pattern]] = []
+        self.max_n = 1
+        entries: list[tuple[str, list[str], list[str]]] = []
+        for cat, cl in lex.cues.items():
+            entries.append((f"cue:{cat}", cl.phrases, cl.patterns))
+        for kind, cl in lex.objections.items():
+            entries.append((f"obj:{kind}", cl.phrases, cl.patterns))
+        for key, phrases, patterns in entries:
+            for doc in self.nlp.pipe(phrases):
+                lemmas = tuple(t.lemma_ for t in doc if not _PUNCT.match(t.text))
+                if not lemmas:
+                    continue
+                keys = self.index.setdefault(lemmas, [])
+                if key not in keys:
+                    keys.append(key)
+                self.max_n = max(self.max_n, len(lemmas))
+            for pat in patterns:
+                self.regexes.append((key, re.compile(pat)))
+        self.question_words = {w.lower() for w in lex.question_words}
+        self.fillers = _FILLERS_RU if lex.language == "ru" else _FILLERS_EN
+
+    def match(self, text: str, doc=None) -> dict[str, list[Hit]]:
+        """Cue hits by key ("cue:<category>" / "obj:<kind>").
+
+        Phrases match lemma n-grams that do not cross punctuation; a hit lying inside a
+        longer hit of another key is dropped ("not interested in a particular brand" is a
+        need, not a "not interested" objection)."""
+        if doc is None:
+            doc = self.nlp(text)
+        raw: list[tuple[int, int, str, str]] = []
+        run: list = []
+        runs = []
+        for t in doc:
+            if _PUNCT.match(t.text):
+                if run:
+                    runs.append(run)
+                run = []
+            else:
+                run.append(t)
+        if run:
+            runs.append(run)
+        index, max_n = self.index, self.max_n
+        for toks in runs:
+            lem = [t.lemma_ for t in toks]
+            n_tok = len(lem)
+            for i in range(n_tok):
+                for n in range(1, min(max_n, n_tok - i) + 1):
+                    keys = index.get(tuple(lem[i:i + n]))
+                    if keys:
+                        start, end = toks[i].idx, toks[i + n - 1].idx + len(toks[i + n - 1].text)
+                        for k in keys:
+                            raw.append((start, end, k, text[start:end]))
+        if self.regexes:
+            norm = normalize_text(text)
+            for key, rx in self.regexes:
+                m = rx.search(norm)
+                if m:
+                    raw.append((m.start(), m.end(), key, m.group(0).strip()))
+        hits: dict[str, list[Hit]] = {}
+        for s, e, k, ev in raw:
+            if any(k2 != k and s2 <= s and e2 >= e and (e2 - s2) > (e - s) for s2, e2, k2, _ in raw):
+                continue
+            hits.setdefault(k, []).append(Hit(s, ev))
+        return hits
+
+    def question_count(self, text: str) -> int:
+        """Number of question sentences (by "?" or a question word opening the sentence)."""
+        n = 0
+        for sent in re.split(r"(?<=[.?!…])\s+|\n", text.strip()):
+            s = sent.strip()
+            if not s:
+                continue
+            if s.endswith("?"):
+                n += 1
+                continue
+            words = re.findall(r"[\w'-]+", s.lower().replace("ё", "е"))
+            while words and words[0] in self.fillers:
+                words = words[1:]
+            if words and words[0] in self.question_words and len(words) >= 3:
+                n += 1
+            elif any(w in _WH for w in words[1:4]) and len(words) >= 4:
+                n += 1                     # "no problem may I ask who ...", "ну а сколько ..."
+
+        return n
+
+
+@dataclass
+class SegTag:
+    step: Optional[str] = None
+    steps: list[str] = field(default_factory=list)
+    evidence: Optional[str] = None
+    objection_kind: Optional[str] = None   # the client's own objection cue
+    objection_evidence: Optional[str] = None
+    hits: dict = field(default_factory=dict)
+    inherited: bool = False
+    null_reason: Optional[str] = None
+
+
+_INTERJECTION = re.compile(r"^[\W_]*((h+m+|m+h*|u+h+|u+m+|a+h+|e+r+|э+м*|м+|а+|хм+|ну)[\W_]*)*$", re.I)
+_WORD = re.compile(r"[^\W_]+", re.U)
+
+
+def _h(hits: dict, cat: str) -> list[Hit]:
+    return hits.get(f"cue:{cat}", [])
+
+
+def _cands(hits: dict[str, list[Hit]], speaker: str, greeting_ok: bool) -> dict[str, list[Hit]]:
+    """Step candidates of one segment, by speaker role."""
+    c: dict[str, list[Hit]] = {}
+    greet = _h(hits, "greeting") + _h(hits, "greeting_question")
+    if greet and greeting_ok:
+        c["greeting"] = greet
+    if speaker == "client":
+        needs = _h(hits, "needs_statement")
+        pres = _h(hits, "product_question")
+    else:
+        needs = _h(hits, "needs_question")
+        pres = _h(hits, "presentation")
+        if speaker == "unknown":
+            needs = needs + _h(hits, "needs_statement")
+            pres = pres + _h(hits, "product_question")
+    close = _h(hits, "closing") + _h(hits, "closing_send")
+    if needs:
+        c["needs_discovery"] = needs
+    if pres:
+        c["presentation"] = pres
+    if close:
+        c["closing"] = close
+    return c
+
+
+def _objection(hits: dict[str, list[Hit]]) -> tuple[Optional[str], Optional[Hit]]:
+    """The client's objection kind (the longest matching cue wins)."""
+    best = None
+    for key, hs in hits.items():
+        if key.startswith("obj:"):
+            for hit in hs:
+                if best is None or len(hit.evidence) > len(best[1].evidence):
+                    best = (key[4:], hit)
+    return best if best else (None, None)
+
+
+# tie-break when two functions are equally strong at the same place
+_PRIORITY = {"closing": 4, "objection_handling": 3, "presentation": 2, "needs_discovery": 1, "greeting": 0}
+
+
+def _rank(c: dict[str, list[Hit]], hits: dict) -> list[str]:
+    """Primary first: any step over greeting; then more distinct cues; ties go to the
+    function that comes last in the turn (the part the other party answers, rule 1)."""
+    last = max(h.pos for hs in c.values() for h in hs)
+
+    def score(step: str):
+        hs = c[step]
+        distinct = len({h.evidence.lower() for h in hs})
+        if step == "closing":
+            distinct += len(_h(hits, "concrete_time"))
+        lastpos = max(h.pos for h in hs)
+        return (step != "greeting", distinct + (0.5 if lastpos == last else 0), lastpos, _PRIORITY[step])
+
+    return sorted(c, key=score, reverse=True)
+
+
+def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -> list[SegTag]:
+    docs = list(comp.nlp.pipe(texts)) if texts else []
+    all_hits = [comp.match(t, d) for t, d in zip(texts, docs)]
+
+    # Negative control: a service/support call keeps only its greetings (rule 11).
+    service_segs = sum(1 for h in all_hits if "cue:service" in h)
+    sales_segs = sum(
+        1 for h, sp in zip(all_hits, speakers)
+        if any(k.startswith("obj:") for k in h) and sp != "manager"
+        or sp != "client" and ("cue:closing" in h or "cue:presentation" in h)
+    )
+    service_call = service_segs >= 2 and service_segs > sales_segs
+
+    out: list[SegTag] = []
+    in_objection = False
+    any_step = False
+    closed = False
+    offered = False
+    prev_sp: Optional[str] = None
+    n = len(texts)
+    prev: Optional[SegTag] = None
+    for i, (text, sp, hits) in enumerate(zip(texts, speakers, all_hits)):
+        tag = SegTag(hits=hits)
+        words = _WORD.findall(text)
+        # greetings open a call; "thanks for calling, have a nice day" at the end is a farewell
+        greeting_ok = i < 4 or (not any_step and i < 0.7 * n and "cue:farewell" not in hits)
+        c = _cands(hits, sp, greeting_ok)
+        if "cue:connection" in hits and i < 2 and "greeting" not in c:
+            c["greeting"] = hits["cue:connection"]   # "Алло?" opening the call
+        null_hits = [k for k in NULL_CATS
+                     if f"cue:{k}" in hits and k != "service" and not (k == "connection" and i < 2)]
+        if "cue:greeting" in hits and not greeting_ok:
+            null_hits.append("farewell")           # "have a good day" late in the call
+        short = len(words) <= 15
+        is_question = comp.question_count(text) > 0
+        kind, ohit = (None, None)
+        if sp != "manager":
+            kind, ohit = _objection(hits)
+        closing_hit = "closing" in c
+        has_time = "cue:concrete_time" in hits
+        steps: list[str] = []
+
+        if service_call:
+            steps = ["greeting"] if "greeting" in c and "cue:service" not in hits else []
+            in_objection = False
+        elif not words or _INTERJECTION.match(text.strip()):
+            steps = []                                # "Hmmm", "[noise]"
+        elif kind:
+            if "cue:closing_send" in hits and kind in ("no_need", "timing"):
+                kind = "send_info"                  # "not now, just send me the price list"
+            others = [s for s in _rank(c, hits) if s not in ("greeting", "objection_handling")] if c else []
+            soft = kind in ("think", "timing") and closing_hit and ("cue:closing_send" in hits or has_time)
+            if soft:
+                # "send it by e-mail, we'll look at it" / "call me in two weeks": a next step (rule 8)
+                steps = ["closing", "objection_handling"] + others
+                in_objection = False
+            else:
+                steps = ["objection_handling"] + others
+                in_objection = True
+            tag.objection_kind, tag.objection_evidence = kind, ohit.evidence
+            tag.evidence = ohit.evidence
+        elif in_objection:
+            if null_hits and not c and short and not is_question:
+                steps = []
+                in_objection = False
+            elif sp == "client":
+                prev_close = prev is not None and "closing" in prev.steps
+                accept = "cue:closing_accept" in hits or has_time or len(words) <= 2
+                if closing_hit or (prev_close and accept):
+                    steps = ["closing"]
+                    in_objection = False
+                else:
+                    steps = ["objection_handling"]
+                    tag.inherited = True
+            else:
+                if closing_hit and (has_time or is_question):
+                    # a direct ask or a dated next step moves the call on to closing
+                    steps = ["closing", "objection_handling"]
+                    in_objection = False
+                else:
+                    steps = ["objection_handling"]
+        else:
+            if null_hits and not c and (short or null_hits != ["farewell"]):
+                tag.null_reason = null_hits[0]
+            elif "cue:navigation" in hits and not closing_hit:
+                tag.null_reason = "navigation"
+            elif c:
+                steps = _rank(c, hits)
+            elif is_question and sp != "client" and not closed:
+                steps = ["needs_discovery"]           # an open manager question: discovery
+                tag.inherited = True
+            elif is_question and sp == "client" and not closed:
+                # a client question: product Q&A once an offer is on the table, else a need
+                steps = ["presentation" if offered else "needs_discovery"]
+                tag.inherited = True
+            elif prev is not None and prev.step is not None:
+                if sp == "client":
+                    steps = [prev.step]
+                elif prev_sp == "client" and "cue:product_question" in prev.hits:
+                    steps = ["presentation"]          # the manager answers a product question
+                elif prev.step != "greeting" and not (prev_sp == "client" and prev.step == "needs_discovery"):
+                    steps = [prev.step]
+                tag.inherited = True
+        if steps:
+            tag.steps = list(dict.fromkeys(steps))
+            tag.step = tag.steps[0]
+            if tag.evidence is None and tag.step in c:
+                tag.evidence = c[tag.step][0].evidence
+            if tag.step != "greeting":
+                any_step = True
+            if tag.step == "closing":
+                closed = True
+            if "presentation" in tag.steps:
+                offered = True
+        out.append(tag)
+        prev, prev_sp = tag, sp
+    return out

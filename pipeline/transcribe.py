@@ -1,0 +1,118 @@
+"""From a CallRecorded and its per-channel ASR results to a CallTranscribed."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from models.events import AsrInfo, CallRecorded, CallTranscribed, Segment, Word
+from pipeline.asr import AsrOptions, ChannelResult
+from pipeline.audio import AudioInfo
+
+
+@dataclass(frozen=True)
+class ChannelJob:
+    channel: Optional[int]  # None: the file is mono, transcribe it once
+    speaker: str
+
+
+def plan_channels(ev: CallRecorded, info: AudioInfo) -> list[ChannelJob]:
+    """Which channels to transcribe and who speaks on each."""
+    if info.channels >= 2 and ev.channels.layout == "stereo":
+        mc = ev.channels.manager_channel
+        if mc is None:
+            return [ChannelJob(0, "unknown"), ChannelJob(1, "unknown")]
+        return [ChannelJob(0, "manager" if mc == 0 else "client"),
+                ChannelJob(1, "manager" if mc == 1 else "client")]
+    # Mono (or a stereo file the event calls mono): one pass, speaker unknown.
+    return [ChannelJob(None, "unknown")]
+
+
+def merge(ev: CallRecorded, jobs: list[ChannelJob], results: list[ChannelResult], opts: AsrOptions,
+          wall_s: float) -> CallTranscribed:
+    segments: list[Segment] = []
+    for job, res in zip(jobs, results):
+        for t in res.turns:
+            segments.append(Segment(
+                speaker=job.speaker, start=t.start, end=t.end, text=t.text, avg_logprob=round(t.avg_logprob, 4),
+                words=[Word(start=w.start, end=w.end, word=w.word, probability=round(w.probability, 3))
+                       for w in t.words]))
+    segments.sort(key=lambda s: (s.start, s.end))
+    audio_s = max((r.audio_s for r in results), default=0.0)
+    langs = [r.language for r in results if r.language]
+    detected = ev.language if ev.language != "auto" else (max(set(langs), key=langs.count) if langs else None)
+    data = ev.model_dump()
+    data.update(
+        duration_s=ev.duration_s or round(audio_s, 3),
+        language_detected=detected,
+        segments=segments,
+        asr=AsrInfo(engine=opts.engine, model=opts.model, compute_type=opts.compute_type,
+                    audio_s=round(audio_s, 3), wall_s=round(wall_s, 3)),
+    )
+    return CallTranscribed.model_validate(data)
+
+
+class NoSpeechError(Exception):
+    """Neither channel held recognisable speech (silence, music, a dead line)."""
+
+
+class CallTranscriber:
+    """Fetches a call and transcribes its channels in a process pool, off the event loop.
+
+    One Whisper model per worker process, loaded on first use and kept; the
+    channels of one call run in parallel when the pool has room.
+    """
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.opts = AsrOptions(
+            engine=settings.asr_engine, model=settings.asr_model, compute_type=settings.asr_compute_type,
+            device=settings.asr_device, cpu_threads=settings.asr_cpu_threads, beam_size=settings.asr_beam_size,
+            vad=settings.asr_vad, turn_gap_s=settings.asr_turn_gap_s)
+        self._pool = None
+
+    @property
+    def pool(self):
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: forking a process that runs an event loop and Kafka clients is unsafe
+            self._pool = ProcessPoolExecutor(max_workers=self.settings.asr_workers,
+                                             mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    async def __call__(self, ev: CallRecorded) -> CallTranscribed:
+        import asyncio
+        import time
+
+        from pipeline.asr import transcribe_channel
+        from pipeline.audio import TooLongError, fetch, probe
+
+        s = self.settings
+        path = await asyncio.to_thread(fetch, ev.recording_url, s.allowed_dirs, s.home_dir / "cache" / "recordings",
+                                       max_bytes=s.fetch_max_bytes, timeout_s=s.fetch_timeout_s)
+        info = await asyncio.to_thread(probe, path)
+        if info.duration_s > s.asr_max_audio_s:
+            raise TooLongError(f"recording lasts {info.duration_s:.0f}s, over the {s.asr_max_audio_s:.0f}s limit "
+                               "(CALLQA_ASR_MAX_AUDIO_S)")
+        jobs = plan_channels(ev, info)
+        language = ev.language if ev.language != "auto" else None
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        futures = [loop.run_in_executor(self.pool, transcribe_channel, str(path), j.channel, language, self.opts,
+                                        s.asr_max_audio_s) for j in jobs]
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*futures), timeout=s.asr_call_timeout_s)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"transcription took longer than {s.asr_call_timeout_s:.0f}s "
+                               "(CALLQA_ASR_CALL_TIMEOUT_S)") from None
+        out = merge(ev, jobs, list(results), self.opts, time.perf_counter() - t0)
+        if not out.segments:
+            raise NoSpeechError(f"no speech found in {path.name} ({info.duration_s:.1f}s, "
+                                f"{info.channels} channel(s)): silence, music or a dead line")
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None

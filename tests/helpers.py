@@ -1,0 +1,86 @@
+"""Shared test helpers: a real worker process against the real broker."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import select
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class WorkerProcess:
+    def __init__(self, bootstrap: str, home: Path, recordings: list[Path], app_id: str | None = None,
+                 db_url: str | None = None, extra_env: dict | None = None):
+        self.home = home
+        self.app_id = app_id or f"callqa-test-{uuid.uuid4().hex[:8]}"
+        self.db_url = db_url or f"sqlite:///{home / 'callqa.db'}"
+        self.topics = {k: f"{self.app_id}.{k}" for k in ("recorded", "transcribed", "tagged", "dlq")}
+        self.env = {**os.environ, "CALLQA_HOME": str(home), "CALLQA_KAFKA_BOOTSTRAP": bootstrap,
+                    "CALLQA_APP_ID": self.app_id, "CALLQA_DATABASE_URL": self.db_url,
+                    "CALLQA_RECORDINGS_DIR": os.pathsep.join(str(p) for p in recordings),
+                    "CALLQA_TOPIC_RECORDED": self.topics["recorded"],
+                    "CALLQA_TOPIC_TRANSCRIBED": self.topics["transcribed"],
+                    "CALLQA_TOPIC_TAGGED": self.topics["tagged"], "CALLQA_TOPIC_DLQ": self.topics["dlq"],
+                    "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        self.log = home / f"worker-{self.app_id}.log"
+        self.proc: subprocess.Popen | None = None
+        self._sessions = None
+
+    def start(self) -> "WorkerProcess":
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "callqa", "worker"], env=self.env, cwd=REPO,
+                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @property
+    def sessions(self):
+        if self._sessions is None:
+            from models.db import session_factory
+            self._sessions = session_factory(self.db_url)
+        return self._sessions
+
+    def wait_for_calls(self, call_ids: list[str], timeout_s: float = 300, statuses=("tagged", "failed"),
+                       newer_than=None) -> dict:
+        from models.tables import Call
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.proc is not None and self.proc.poll() is None, \
+                f"worker exited: {self.log.read_text()[-3000:]}"
+            with self.sessions() as s:
+                rows = {c.call_id: c for c in s.scalars(select(Call).where(Call.call_id.in_(call_ids)))
+                        if c.status in statuses and (newer_than is None or _aware(c.updated_at) > newer_than)}
+            if len(rows) == len(call_ids):
+                return rows
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {sorted(rows)} of {call_ids} done in {timeout_s}s; "
+                                     f"worker log tail:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+
+def _aware(dt):
+    from datetime import timezone
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def consume_all(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list:
+    from kafka import KafkaConsumer
+    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                      consumer_timeout_ms=int(timeout_s * 1000), group_id=None)
+    try:
+        return list(c)
+    finally:
+        c.close()
