@@ -86,7 +86,8 @@ class CallTranscriber:
         import time
 
         from pipeline.asr import transcribe_channel
-        from pipeline.audio import TooLongError, fetch, probe
+        from pipeline.audio import TooLongError, probe
+        from pipeline.fetch import fetch
 
         s = self.settings
         path = await asyncio.to_thread(fetch, ev.recording_url, s.allowed_dirs, s.home_dir / "cache" / "recordings",
