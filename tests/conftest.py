@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import SHARED
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +27,6 @@ def kafka_bootstrap():
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    if not SHARED.exists():
-        pytest.fail(f"test data not found at {SHARED}")
     return SHARED
 
 

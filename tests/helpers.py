@@ -13,6 +13,18 @@ from sqlalchemy import select
 REPO = Path(__file__).resolve().parents[1]
 
 
+def find_shared() -> Path:
+    """The shared test data (audio, eval): CALLQA_SHARED_DIR, else ../shared beside the checkout."""
+    candidates = [os.environ.get("CALLQA_SHARED_DIR"), REPO.parent / "shared", "/work/shared"]
+    for c in candidates:
+        if c and (Path(c) / "audio").is_dir():
+            return Path(c)
+    raise RuntimeError("test data not found: set CALLQA_SHARED_DIR to the folder holding audio/ and eval/")
+
+
+SHARED = find_shared()
+
+
 class WorkerProcess:
     def __init__(self, bootstrap: str, home: Path, recordings: list[Path], app_id: str | None = None,
                  db_url: str | None = None, extra_env: dict | None = None):

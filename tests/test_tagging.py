@@ -12,7 +12,7 @@ from models.events import STEPS, Segment, Tagging
 from pipeline.tagging import RulesError, load_rules, tag_call, tag_dialogues
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.helpers import SHARED  # noqa: E402
 SYNTH = SHARED / "audio" / "synthetic"
 
 
@@ -313,7 +313,6 @@ def _ref_call(lang):
     return [Segment(speaker=t["speaker"], start=t["start"], end=t["end"], text=t["text"]) for t in d["turns"]], d
 
 
-@pytest.mark.skipif(not SYNTH.is_dir(), reason="shared/audio/synthetic not available")
 @pytest.mark.parametrize("lang", ["en", "ru"])
 def test_synthetic_reference_calls(rules, lang):
     s, d = _ref_call(lang)
@@ -336,7 +335,6 @@ def test_synthetic_reference_calls(rules, lang):
     assert tg.metrics.talk_ratio is not None and 0.4 < tg.metrics.talk_ratio < 0.8
 
 
-@pytest.mark.skipif(not SYNTH.is_dir(), reason="shared/audio/synthetic not available")
 def test_long_call_is_fast(rules):
     s, _ = _ref_call("ru")
     long, t = [], 0.0

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "eval" / "dialogues.jsonl"
+from tests.helpers import SHARED  # noqa: E402
+
+DATA = SHARED / "eval" / "dialogues.jsonl"
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.tagging_eval import evaluate, report  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not DATA.is_file(), reason=f"{DATA} not available")
 
 MACRO_F1_MIN = 0.85
 FURTHEST_ACC_MIN = 0.90
