@@ -308,13 +308,18 @@ def run_ingest(host: str = "0.0.0.0", port: int = 8090) -> None:
     from config.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)   # kafka-python logs every connection at INFO
     base = Settings.from_env()
     ingest = IngestSettings.from_env()
     bootstrap = base.kafka_bootstrap
     if not bootstrap:
         raise SystemExit("callqa: error: set CALLQA_KAFKA_BOOTSTRAP=host:port (the broker the worker reads); "
                          "for a local one run `callqa broker` in another terminal")
-    publisher = Publisher(bootstrap, base.topic_recorded)
+    try:
+        publisher = Publisher(bootstrap, base.topic_recorded)
+    except Exception as e:   # kafka-python: NoBrokersAvailable / KafkaTimeoutError at bootstrap
+        raise SystemExit(f"callqa: error: cannot reach the Kafka broker at CALLQA_KAFKA_BOOTSTRAP={bootstrap} "
+                         f"({type(e).__name__}); start it (`callqa broker`) or fix the address") from None
     managers = ManagerDirectory.from_yaml(ingest.managers_file)
     app = create_app(ingest, publisher, managers)
     stop = threading.Event()

@@ -41,11 +41,12 @@ def sign(api_key: str, json_text: str, salt: str) -> str:
     return hashlib.sha256((api_key + json_text + salt).encode("utf-8")).hexdigest()
 
 
-def recording_request(api_key: str, salt: str, recording_id: str) -> tuple[str, dict[str, str]]:
+def recording_request(api_key: str, salt: str, recording_id: str,
+                      api_base: str = API_BASE) -> tuple[str, dict[str, str]]:
     """(url, form) of the POST that answers 302 -> one-time link to the recording."""
     js = json.dumps({"recording_id": recording_id, "action": "download"}, separators=(",", ":"))
-    return f"{API_BASE}/queries/recording/post", {"vpbx_api_key": api_key, "sign": sign(api_key, js, salt),
-                                                   "json": js}
+    return f"{api_base.rstrip('/')}/queries/recording/post", {
+        "vpbx_api_key": api_key, "sign": sign(api_key, js, salt), "json": js}
 
 
 def recording_url(recording_id: str) -> str:

@@ -65,16 +65,28 @@ def record_request_url(call_id_with_rec: str | None, pbx_call_id: str | None) ->
     return f"{API_BASE}/v1/pbx/record/request/?{urlencode(params)}"
 
 
+def api_query_string(params: dict[str, str]) -> str:
+    """The query string the official client sends (and signs): sorted, with format=json."""
+    p = dict(params)
+    p.setdefault("format", "json")
+    return urlencode(sorted(p.items()))
+
+
 def api_request_auth(api_key: str, secret: str, method: str, params: dict[str, str]) -> str:
     """Authorization header value for a Zadarma API GET (for the fetcher).
 
     method is the path, e.g. "/v1/pbx/record/request/"; params without 'format'
     are sent with format=json added, as the official client does."""
-    p = dict(params)
-    p.setdefault("format", "json")
-    qs = urlencode(sorted(p.items()))
+    qs = api_query_string(params)
     data = method + qs + hashlib.md5(qs.encode()).hexdigest()
     return f"{api_key}:{sign(secret, data)}"
+
+
+def api_get_request(api_key: str, secret: str, method: str, params: dict[str, str],
+                    api_base: str = API_BASE) -> tuple[str, dict[str, str]]:
+    """(url, headers) of a signed Zadarma API GET, e.g. method "/v1/pbx/record/request/"."""
+    url = f"{api_base.rstrip('/')}{method}?{api_query_string(params)}"
+    return url, {"Authorization": api_request_auth(api_key, secret, method, params)}
 
 
 class ZadarmaAdapter:
