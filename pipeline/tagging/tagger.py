@@ -130,6 +130,8 @@ class CompiledLexicon:
                 n += 1
             elif any(w in _WH for w in words[1:4]) and len(words) >= 4:
                 n += 1                     # "no problem may I ask who ...", "ну а сколько ..."
+            elif self.language == "ru" and "или" in words[1:-1] and len(words) <= 12:
+                n += 1                     # "печать в один цвет или полноцвет" (ASR drops the "?")
 
         return n
 
@@ -148,6 +150,25 @@ class SegTag:
 
 _INTERJECTION = re.compile(r"^[\W_]*((h+m+|m+h*|u+h+|u+m+|a+h+|e+r+|э+м*|м+|а+|хм+|ну)[\W_]*)*$", re.I)
 _WORD = re.compile(r"[^\W_]+", re.U)
+
+
+_INTRO = re.compile(r"\b(from|with|at|из|компани)")
+
+
+def _n_distinct(hs: list[Hit]) -> int:
+    """Cue hits that are not nested in another hit ("мы внедряем" + "внедряем" count once)."""
+    spans = {(h.pos, h.pos + len(h.evidence)) for h in hs}
+    return sum(1 for s, e in spans if not any(s2 <= s and e <= e2 and (s2, e2) != (s, e) for s2, e2 in spans))
+
+
+def _in_question(text: str, hit: Hit) -> bool:
+    """The hit lies in a question sentence (up to the next "?" with no "." or "!" between);
+    unpunctuated ASR text counts as one sentence."""
+    rest = text[hit.pos:]
+    q = rest.find("?")
+    if q < 0:
+        return not re.search(r"[.!?]", text)
+    return not re.search(r"[.!]", rest[:q])
 
 
 def _h(hits: dict, cat: str) -> list[Hit]:
@@ -237,19 +258,37 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
         # greetings open a call; "thanks for calling, have a nice day" at the end is a farewell
         greeting_ok = i < 4 or (not any_step and i < 0.7 * n and "cue:farewell" not in hits)
         c = _cands(hits, sp, greeting_ok)
-        if "cue:connection" in hits and i < 2 and "greeting" not in c:
-            c["greeting"] = hits["cue:connection"]   # "Алло?" opening the call
-        null_hits = [k for k in NULL_CATS
-                     if f"cue:{k}" in hits and k != "service" and not (k == "connection" and i < 2)]
-        if "cue:greeting" in hits and not greeting_ok:
-            null_hits.append("farewell")           # "have a good day" late in the call
         short = len(words) <= 15
         is_question = comp.question_count(text) > 0
         kind, ohit = (None, None)
         if sp != "manager":
             kind, ohit = _objection(hits)
-        closing_hit = "closing" in c
+        vague = "cue:vague_next_step" in hits and "cue:closing" not in hits and "cue:closing_send" not in hits
+        if "cue:connection" in hits and i < 2 and "greeting" not in c:
+            c["greeting"] = hits["cue:connection"]   # "Алло?" opening the call
+        null_hits = [k for k in NULL_CATS
+                     if f"cue:{k}" in hits and k != "service" and not (k == "connection" and i < 2)]
+        if not greeting_ok and any(len(h.evidence.split()) <= 4 and not _INTRO.search(h.evidence.lower())
+                                   for h in _h(hits, "greeting")):
+            null_hits.append("farewell")           # "have a good day" late in the call
         has_time = "cue:concrete_time" in hits
+        if "greeting" in c and not any_step and sp != "client":
+            # the opening turn: "Hello, X from Y, we make boxes" / "Seaview Hotel reservations, how may
+            # I help?" is an introduction; one offer/next-step word does not outweigh it
+            for st in ("presentation", "closing"):
+                if st in c and _n_distinct(c[st]) < 2 \
+                        and not (st == "closing" and is_question and has_time):
+                    del c[st]
+        if "closing" in c and not closed and not has_time and "cue:closing_accept" not in hits \
+                and "cue:closing_send" not in hits:
+            # rule 7: price / payment / contract questions before a decision are product Q&A,
+            # and so is the manager's factual answer to such a question
+            if sp == "client" and is_question and not kind and all(_in_question(text, h) for h in c["closing"]):
+                c.setdefault("presentation", []).extend(c.pop("closing"))
+            elif sp == "manager" and prev_sp == "client" and prev is not None \
+                    and prev.step == "presentation" and not is_question:
+                c.setdefault("presentation", []).extend(c.pop("closing"))
+        closing_hit = "closing" in c
         steps: list[str] = []
 
         if service_call:
@@ -261,7 +300,11 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
             if "cue:closing_send" in hits and kind in ("no_need", "timing"):
                 kind = "send_info"                  # "not now, just send me the price list"
             others = [s for s in _rank(c, hits) if s not in ("greeting", "objection_handling")] if c else []
-            soft = kind in ("think", "timing") and closing_hit and ("cue:closing_send" in hits or has_time)
+            # a bare "just send me an e-mail" is a next step (rule 8); with "not now" / "not
+            # interested" beside it, it stays an objection
+            refusal = any(k.startswith("obj:") and k != "obj:send_info" for k in hits)
+            soft = (kind in ("think", "timing") and closing_hit and ("cue:closing_send" in hits or has_time)) \
+                or (kind == "send_info" and not refusal)
             if soft:
                 # "send it by e-mail, we'll look at it" / "call me in two weeks": a next step (rule 8)
                 steps = ["closing", "objection_handling"] + others
@@ -271,6 +314,10 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
                 in_objection = True
             tag.objection_kind, tag.objection_evidence = kind, ohit.evidence
             tag.evidence = ohit.evidence
+        elif vague and sp == "client" and short and not is_question \
+                and not any(st in c for st in ("needs_discovery", "presentation", "closing")):
+            tag.null_reason = "vague_next_step"         # rule 9: "будем на связи" is not a closing
+            in_objection = False
         elif in_objection:
             if null_hits and not c and short and not is_question:
                 steps = []
@@ -298,6 +345,10 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
                 tag.null_reason = "navigation"
             elif c:
                 steps = _rank(c, hits)
+                if closed and "closing" in steps and steps[0] == "presentation" \
+                        and len({h.evidence.lower() for h in c["presentation"]}) < 2:
+                    steps.remove("closing")
+                    steps.insert(0, "closing")   # rule 7: after the decision, terms are closing
             elif is_question and sp != "client" and not closed:
                 steps = ["needs_discovery"]           # an open manager question: discovery
                 tag.inherited = True
