@@ -15,7 +15,7 @@ from typing import Optional
 import faust
 
 from config.settings import Settings
-from models.events import CallRecorded, CallTagged, CallTranscribed, DeadLetter
+from models.events import CallFlagged, CallRecorded, CallTagged, CallTranscribed, DeadLetter
 
 log = logging.getLogger("callqa.agents")
 
@@ -55,6 +55,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         broker_max_poll_interval=max(1000.0, s.asr_call_timeout_s * 2),
         stream_processing_timeout=max(300.0, s.asr_call_timeout_s * 2),
         producer_acks=-1,
+        table_standby_replicas=0,
     )
     app.conf.callqa = s  # type: ignore[attr-defined]
 
@@ -62,6 +63,13 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
     transcribed = app.topic(s.topic_transcribed)
     tagged = app.topic(s.topic_tagged)
     dlq = app.topic(s.topic_dlq)
+    flagged = app.topic(s.topic_flagged)
+    # Live per-manager statistics; the changelog topic makes them survive restarts and rebalances.
+    # Plain JSON values (no key_type/value_type): Faust would call dict.from_data() during recovery
+    # and silently stall it.
+    stats_table = app.Table("manager-stats", default=None, partitions=s.topic_partitions,
+                            schema=faust.Schema(key_serializer="json",
+                                                value_serializer="json"))
 
     if transcriber is None:
         from pipeline.transcribe import CallTranscriber
@@ -76,7 +84,6 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
 
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callqa-db")  # one writer
     sessions = None
-    stats_dirty = asyncio.Event()
 
     def db():
         nonlocal sessions
@@ -127,14 +134,43 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         async for raw in stream:
             for attempt in range(3):
                 try:
-                    await in_db(store_tagged, CallTagged.model_validate_json(raw))
-                    stats_dirty.set()
+                    ev = CallTagged.model_validate_json(raw)
+                    new_flags = await in_db(store_tagged, ev)
                     break
                 except Exception as exc:
                     if attempt == 2 or isinstance(exc, ValueError):
                         await dead("store", raw, exc)
+                        new_flags = None
                         break
                     await asyncio.sleep(2 ** attempt)  # a busy or restarting database
+            if new_flags:
+                note = CallFlagged(call_id=ev.call_id, manager_id=ev.manager_id, manager_name=ev.manager_name,
+                                   team_id=ev.team_id, started_at=ev.started_at, recording_url=ev.recording_url,
+                                   new_flags=new_flags, flags=ev.flags, furthest_step=ev.furthest_step)
+                await flagged.send(key=ev.call_id.encode(), value=note.model_dump_json().encode())
+
+    def by_manager(raw: bytes) -> bytes:
+        try:
+            return str(json.loads(raw)["manager_id"]).encode()
+        except (ValueError, KeyError, TypeError):
+            return b""  # the store agent dead-letters it
+
+    @app.agent(tagged)
+    async def manager_stats(stream):
+        from pipeline.stats import ManagerStats, outcome_from_tagged
+        from pipeline.store import mirror_manager_stats
+        # Repartitioned by manager, so one worker owns each manager's row of the table.
+        async for raw in stream.group_by(by_manager, name="by-manager"):
+            try:
+                ev = CallTagged.model_validate_json(raw)
+            except ValueError:
+                continue
+            current = stats_table.get(ev.manager_id)
+            ms = ManagerStats.from_dict(current) if current else ManagerStats(ev.manager_id)
+            if ms.apply(outcome_from_tagged(ev)):
+                stats_table[ev.manager_id] = ms.to_dict()
+            # mirrored even when unchanged: a crash between the table write and SQL is healed by the replay
+            await in_db(mirror_manager_stats, ms)
 
     @app.agent(dlq)
     async def record_failure(stream):
@@ -145,13 +181,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
             except Exception:
                 log.exception("could not record a dead letter in the database (it stays in %s)", s.topic_dlq)
 
-    @app.timer(interval=1.0)
-    async def refresh_stats():
-        # Batched: recomputing once a second costs the same for 1 call or 500.
-        if stats_dirty.is_set():
-            stats_dirty.clear()
-            from pipeline.store import refresh_stats as refresh
-            await in_db(refresh, s.min_calls_for_rank)
-
-    app.callqa_agents = dict(transcribe=transcribe, tag=tag, store=store, record_failure=record_failure)  # type: ignore
+    app.callqa_agents = dict(transcribe=transcribe, tag=tag, store=store,  # type: ignore[attr-defined]
+                             manager_stats=manager_stats, record_failure=record_failure)
+    app.callqa_stats_table = stats_table  # type: ignore[attr-defined]
     return app

@@ -24,8 +24,8 @@ def cmd_worker(args, s: Settings) -> int:
     from callqa.broker import BrokerError, ensure_topics, wait_for_broker
     try:
         wait_for_broker(s.kafka_bootstrap, timeout_s=30)
-        ensure_topics(s.kafka_bootstrap, [s.topic_recorded, s.topic_transcribed, s.topic_tagged, s.topic_dlq],
-                      s.topic_partitions)
+        ensure_topics(s.kafka_bootstrap, [s.topic_recorded, s.topic_transcribed, s.topic_tagged, s.topic_dlq,
+                                          s.topic_flagged], s.topic_partitions)
     except BrokerError as e:
         return _err(f"{e}. Is the broker running? Check CALLQA_KAFKA_BOOTSTRAP.")
     from faust.worker import Worker
@@ -101,11 +101,53 @@ def cmd_publish(args, s: Settings) -> int:
 
 
 def cmd_report(args, s: Settings) -> int:
-    from callqa.report import manager_rows, render_json, render_table
+    from callqa import report as rp
     from models.db import session_factory
+    try:
+        scope = rp.Scope(team_id=args.team, since=rp.parse_day(args.since) if args.since else None,
+                         until=rp.until_day(args.until) if args.until else None)
+    except ValueError as e:
+        return _err(f"bad date ({e}); use YYYY-MM-DD")
+    fmt = args.format
     with session_factory(s.db_url)() as session:
-        rows = manager_rows(session, s.min_calls_for_rank)
-    print(render_json(rows) if args.format == "json" else render_table(rows, s.min_calls_for_rank))
+        if args.what in ("managers", "manager"):
+            rows = rp.manager_rows(session, s.min_calls_for_rank, scope)
+            if args.what == "manager":
+                if not args.id:
+                    return _err("which manager? callqa report manager ID")
+                rows = [r for r in rows if r["manager_id"] == args.id]
+                if not rows:
+                    return _err(f"no calls stored for manager {args.id!r}; `callqa report managers` lists them")
+                text = rp.render_manager(rows[0], s.min_calls_for_rank)
+            else:
+                text = rp.render_managers(rows, s.min_calls_for_rank)
+            out = {"table": text, "json": rp.render_json("managers", rows), "csv": rp.rows_csv(rows)}[fmt]
+        elif args.what == "flagged":
+            rows = rp.flagged_rows(session, scope)
+            out = {"table": rp.render_flagged(rows), "json": rp.render_json("flagged", rows),
+                   "csv": rp.rows_csv(rows)}[fmt]
+        elif args.what == "flags":
+            rows = rp.flag_rule_rows(session, scope)
+            out = {"table": rp.render_flag_rules(rows), "json": rp.render_json("flag_rules", rows),
+                   "csv": rp.rows_csv(rows)}[fmt]
+        else:  # coaching
+            rows = rp.coaching_rows(session, scope)
+            out = {"table": rp.render_coaching(rows), "json": rp.render_json("coaching", rows),
+                   "csv": rp.coaching_csv(rows)}[fmt]
+    sys.stdout.write(out if out.endswith("\n") or not out else out + "\n")
+    return 0
+
+
+def cmd_review(args, s: Settings) -> int:
+    from models.db import session_factory
+    from pipeline.store import record_review
+    verdict = "agree" if args.agree else "disagree"
+    try:
+        with session_factory(s.db_url).begin() as session:
+            record_review(session, args.call_id, args.flag, verdict, args.comment, args.reviewer)
+    except (LookupError, ValueError) as e:
+        return _err(str(e))
+    print(f"{args.call_id}: {args.flag} marked {verdict}")
     return 0
 
 
@@ -116,30 +158,67 @@ def cmd_tag(args, s: Settings) -> int:
 
 
 def cmd_transcribe(args, s: Settings) -> int:
-    import asyncio
+    """Transcribe one file in this process (no broker, no pool), with a progress bar for long files."""
+    import time as _time
 
     from models.events import CallRecorded
-    from pipeline.transcribe import CallTranscriber
+    from pipeline.asr import AsrError, options_from_settings, transcribe_array
+    from pipeline.audio import AudioError, NoSpeechError, decode_channels, probe
+    from pipeline.transcribe import merge, plan_channels
+
     src = Path(args.file).resolve()
-    s = Settings(**{**s.__dict__, "recordings_dir": str(src.parent), "asr_engine": args.engine or s.asr_engine,
-                    "asr_model": args.model or s.asr_model})
+    if not src.is_file():
+        return _err(f"no such file: {src}")
+    opts = options_from_settings(
+        s, engine=args.engine, model=args.model, compute_type=args.compute_type, beam_size=args.beam_size,
+        vad=args.vad, initial_prompt=args.prompt, hotwords=args.hotwords, cpu_threads=args.threads)
     mc = None if args.manager_channel == "none" else int(args.manager_channel)
     ev = CallRecorded(call_id="cli", manager_id="cli", recording_url=src.as_uri(), language=args.language,
                       channels={"layout": "mono" if mc is None else "stereo", "manager_channel": mc})
-    tr = CallTranscriber(s)
+    t0 = _time.perf_counter()
+    bar = None
     try:
-        out = asyncio.run(tr(ev))
-    except Exception as e:
+        info = probe(src)
+        channels = decode_channels(src, s.asr_max_audio_s)
+        jobs = plan_channels(ev, info)
+        total = sum(len(channels[j.channel or 0]) for j in jobs) / 16000
+        if not args.no_progress and total >= 60:
+            from tqdm import tqdm
+            bar = tqdm(total=round(total, 1), unit="s", desc=src.name, file=sys.stderr, leave=False)
+        results = []
+        for j in jobs:
+            base = bar.n if bar else 0.0
+
+            def progress(done, _total, base=base):
+                if bar:
+                    bar.update(round(base + done - bar.n, 1))
+            r = transcribe_array(channels[j.channel if j.channel is not None and len(channels) > 1 else 0],
+                                 None if args.language == "auto" else args.language, opts, progress,
+                                 mono=j.channel is None)
+            results.append(r)
+            if bar:
+                bar.update(round(base + r.audio_s - bar.n, 1))
+        out = merge(ev, jobs, results, opts, _time.perf_counter() - t0)
+        if not out.segments:
+            raise NoSpeechError(f"no speech found in {src.name}: silence, music or a dead line")
+    except (AudioError, AsrError) as e:
         return _err(f"{type(e).__name__}: {e}")
     finally:
-        tr.close()
+        if bar:
+            bar.close()
     if args.format == "json":
-        print(out.model_dump_json(indent=2, exclude={"words"}))
+        print(out.model_dump_json(indent=2))
+    elif args.format == "srt":
+        def ts(t: float) -> str:
+            ms = int(round(t * 1000))
+            return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+        for i, seg in enumerate(out.segments, 1):
+            print(f"{i}\n{ts(seg.start)} --> {ts(seg.end)}\n[{seg.speaker}] {seg.text}\n")
     else:
         for seg in out.segments:
             print(f"[{seg.start:7.2f} - {seg.end:7.2f}] {seg.speaker:>7}: {seg.text}")
-        print(f"({out.asr.audio_s:.1f}s audio in {out.asr.wall_s:.1f}s, {out.asr.engine} {out.asr.model} "
-              f"{out.asr.compute_type})", file=sys.stderr)
+    print(f"({out.asr.audio_s:.1f}s audio in {out.asr.wall_s:.1f}s, {out.asr.engine} {out.asr.model} "
+          f"{out.asr.compute_type}, language {out.language_detected})", file=sys.stderr)
     return 0
 
 
@@ -149,8 +228,11 @@ def cmd_demo(args, s: Settings) -> int:
 
 
 def cmd_config(args, s: Settings) -> int:
+    secret = ("TOKEN", "SECRET", "SALT", "KEY", "PASSWORD")
     for env, default, help_ in Settings.describe():
         current = os.environ.get(env)
+        if current and any(w in env for w in secret):
+            current = "***"  # never echo credentials to a terminal or a CI log
         print(f"{env:28} default={default!r:12} {help_}" + (f"  [set: {current}]" if current else ""))
     return 0
 
@@ -184,9 +266,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stereo channel of the manager; none = mono recording")
     pub.set_defaults(fn=cmd_publish)
 
-    r = sub.add_parser("report", help="per-manager weak stages")
-    r.add_argument("--format", choices=["table", "json"], default="table")
+    r = sub.add_parser("report", help="weak stages, flagged calls, flag rules, coaching",
+                       description="managers: weak stage per manager; manager ID: one manager in detail; "
+                                   "flagged: the review queue; flags: how reviewers judged each flag rule; "
+                                   "coaching: managers ranked by objection-handling shortfall, with moments")
+    r.add_argument("what", nargs="?", default="managers",
+                   choices=["managers", "manager", "flagged", "flags", "coaching"])
+    r.add_argument("id", nargs="?", help="manager id (with `manager`)")
+    r.add_argument("--team")
+    r.add_argument("--since", help="YYYY-MM-DD (calls started on or after)")
+    r.add_argument("--until", help="YYYY-MM-DD (calls started on or before that day)")
+    r.add_argument("--format", choices=["table", "json", "csv"], default="table")
     r.set_defaults(fn=cmd_report)
+
+    rv = sub.add_parser("review", help="record a sales head's verdict on a flagged call")
+    rv.add_argument("call_id")
+    rv.add_argument("flag", help="the flag code, as `callqa report flagged` shows it")
+    g = rv.add_mutually_exclusive_group(required=True)
+    g.add_argument("--agree", action="store_true", help="the flag was right")
+    g.add_argument("--disagree", action="store_true", help="the flag was wrong")
+    rv.add_argument("--comment")
+    rv.add_argument("--reviewer", default=os.environ.get("USER"))
+    rv.set_defaults(fn=cmd_review)
 
     t = sub.add_parser("tag", help="tag dialogues from a JSONL file (the eval format)")
     t.add_argument("--input", required=True)
@@ -198,8 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--engine", choices=["faster-whisper", "openai-whisper"])
     tr.add_argument("--model")
     tr.add_argument("--language", choices=["ru", "en", "auto"], default="auto")
-    tr.add_argument("--manager-channel", choices=["0", "1", "none"], default="0")
-    tr.add_argument("--format", choices=["text", "json"], default="text")
+    tr.add_argument("--manager-channel", choices=["0", "1", "none"], default="0",
+                    help="stereo channel of the manager; none = transcribe as mono (speaker unknown)")
+    tr.add_argument("--compute-type", choices=["int8", "float32", "float16", "int8_float32"])
+    tr.add_argument("--beam-size", type=int)
+    tr.add_argument("--vad", action=argparse.BooleanOptionalAction, default=None, help="voice activity filter")
+    tr.add_argument("--prompt", help="initial prompt (default CALLQA_ASR_INITIAL_PROMPT)")
+    tr.add_argument("--hotwords", help="product/company names (default CALLQA_ASR_HOTWORDS)")
+    tr.add_argument("--threads", type=int, help="CPU threads (default CALLQA_ASR_CPU_THREADS)")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--format", choices=["text", "json", "srt"], default="text")
     tr.set_defaults(fn=cmd_transcribe)
 
     d = sub.add_parser("demo", help="broker + worker + sample calls + report, all local")

@@ -1,27 +1,68 @@
-"""The weak-stage report: what sales heads and trainers read."""
+"""What sales heads and trainers read: weak stages, the flagged-call queue, coaching lists, KPIs.
+
+Everything here is computed from the stored calls, so any team and date range can be asked for.
+"""
 from __future__ import annotations
 
+import csv
+import io
 import json
-from typing import Optional
+import statistics
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.events import STEPS
-from models.tables import Call, Manager
+from models.tables import Call, FlagRow, Manager, ObjectionRow, Review, SegmentRow
 from pipeline import stats
 from pipeline.store import load_outcomes
 
 SHORT = {"greeting": "Greet", "needs_discovery": "Needs", "presentation": "Pres",
          "objection_handling": "Object", "closing": "Close"}
+HOT_LEAD_MINUTES = 15
 
 
-def manager_rows(session: Session, min_calls: int) -> list[dict]:
-    reports = stats.compute(load_outcomes(session), min_calls)
-    names = {m.manager_id: m.name for m in session.scalars(select(Manager))}
+@dataclass(frozen=True)
+class Scope:
+    team_id: Optional[str] = None
+    since: Optional[datetime] = None
+    until: Optional[datetime] = None
+
+    def calls(self, q):
+        if self.team_id is not None:
+            q = q.where(Call.team_id == self.team_id)
+        if self.since is not None:
+            q = q.where(Call.started_at >= self.since)
+        if self.until is not None:
+            q = q.where(Call.started_at < self.until)
+        return q
+
+
+def _r(v: Optional[float], n: int = 3) -> Optional[float]:
+    return None if v is None else round(v, n)
+
+
+def _aware(dt: Optional[datetime]) -> Optional[datetime]:
+    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
+
+
+def _names(session: Session) -> dict[str, Optional[str]]:
+    return dict(session.execute(select(Manager.manager_id, Manager.name)).all())
+
+
+# ---- managers and their weak stages -------------------------------------------------------------
+
+def manager_rows(session: Session, min_calls: int, scope: Scope = Scope()) -> list[dict]:
+    reports = stats.compute(load_outcomes(session, team_id=scope.team_id, since=scope.since, until=scope.until),
+                            min_calls)
+    names = _names(session)
     failed: dict[str, int] = {}
-    for mid in session.scalars(select(Call.manager_id).where(Call.status == "failed")):
+    for mid in session.scalars(scope.calls(select(Call.manager_id).where(Call.status == "failed"))):
         failed[mid] = failed.get(mid, 0) + 1
+    kpis = activity(session, scope)
     rows = []
     for mid in sorted(set(reports) | set(failed), key=lambda m: (names.get(m) or m)):
         r = reports.get(mid)
@@ -33,42 +74,262 @@ def manager_rows(session: Session, min_calls: int) -> list[dict]:
             "failed_calls": failed.get(mid, 0),
             "enough_calls": bool(r and r.enough_calls),
             "weak_stage": r.weak_stage if r else None,
-            "weak_gap": round(r.weak_gap, 3) if r and r.weak_gap is not None else None,
-            "steps": {step: {"share": round(st.share, 3),
-                             "pass_rate": None if st.pass_rate is None else round(st.pass_rate, 3),
-                             "score": None if st.score is None else round(st.score, 3),
-                             "team_score": None if st.team_score is None else round(st.team_score, 3)}
+            "weak_gap": _r(r.weak_gap) if r else None,
+            "weak_calls": r.weak_calls if r else 0,
+            "steps": {step: {"share": _r(st.share), "pass_rate": _r(st.pass_rate), "conversion": _r(st.conversion),
+                             "score": _r(st.score), "team_score": _r(st.team_score),
+                             "team_conversion": _r(st.team_conversion), "gap": _r(st.gap), "calls": st.scored}
                       for step, st in (r.stages.items() if r else [])},
+            "objections": {k: {"raised": v[0], "answered": v[1]} for k, v in (r.objections.items() if r else [])},
+            "kpi": kpis.get(mid, {}),
         })
     return rows
 
 
+def activity(session: Session, scope: Scope = Scope()) -> dict[str, dict[str, Any]]:
+    """Seed KPIs per manager: calls per active day, talk time, hot-lead response."""
+    calls = session.execute(scope.calls(select(Call.call_id, Call.manager_id, Call.started_at, Call.lead)
+                                        .where(Call.status == "tagged"))).all()
+    talk: dict[str, float] = {}
+    for cid, start, end in session.execute(select(SegmentRow.call_id, SegmentRow.start, SegmentRow.end)
+                                           .where(SegmentRow.speaker == "manager")):
+        talk[cid] = talk.get(cid, 0.0) + max(0.0, end - start)
+    per: dict[str, dict[str, Any]] = {}
+    for c in calls:
+        d = per.setdefault(c.manager_id, {"days": set(), "talk_s": 0.0, "hot": [], "response_min": []})
+        d["days"].add(_aware(c.started_at).date())
+        d["talk_s"] += talk.get(c.call_id, 0.0)
+        lead = c.lead or {}
+        if lead.get("created_at"):
+            minutes = (_aware(c.started_at) - _aware(datetime.fromisoformat(lead["created_at"]))).total_seconds() / 60
+            d["response_min"].append(minutes)
+            if lead.get("temperature") == "hot":
+                d["hot"].append(minutes)
+    out = {}
+    for mid, d in per.items():
+        n_calls = sum(1 for c in calls if c.manager_id == mid)
+        out[mid] = {
+            "calls_per_day": round(n_calls / len(d["days"]), 2),
+            "talk_time_min": round(d["talk_s"] / 60, 1),
+            "lead_response_median_min": _r(statistics.median(d["response_min"]), 1) if d["response_min"] else None,
+            "hot_leads": len(d["hot"]),
+            "hot_leads_within_15min": _r(sum(m <= HOT_LEAD_MINUTES for m in d["hot"]) / len(d["hot"]))
+            if d["hot"] else None,
+        }
+    return out
+
+
 def _pct(v: Optional[float]) -> str:
-    return "  –" if v is None else f"{round(v * 100):3d}%"
+    return "–" if v is None else f"{round(v * 100)}%"
 
 
-def render_table(rows: list[dict], min_calls: int) -> str:
+def table(head: list[str], body: list[list[Any]], right: set[int] = frozenset()) -> str:
+    widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head))]
+
+    def fmt(row):
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+    return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(b) for b in body])
+
+
+def render_managers(rows: list[dict], min_calls: int) -> str:
     if not rows:
         return "No calls stored yet. Publish some (callqa publish) and keep a worker running (callqa worker)."
     head = ["Manager", "Team", "Calls"] + [SHORT[s] for s in STEPS] + ["Weak stage"]
     body = []
     for r in rows:
-        weak = ("(no weak stage)" if r["enough_calls"] and not r["weak_stage"] else
-                f"{r['weak_stage']} (-{round(r['weak_gap'] * 100)} pts vs team)" if r["weak_stage"] else
-                f"not enough calls (<{min_calls})")
+        if r["weak_stage"]:
+            weak = f"{r['weak_stage']} (-{round(r['weak_gap'] * 100)} pts vs team, {r['weak_calls']} calls)"
+        elif r["enough_calls"]:
+            weak = "(none: at or above the team)"
+        else:
+            weak = f"not enough calls (<{min_calls})"
         calls = str(r["calls"]) + (f" +{r['failed_calls']} failed" if r["failed_calls"] else "")
         body.append([r["manager_name"] or r["manager_id"], r["team_id"] or "–", calls]
                     + [_pct(r["steps"].get(s, {}).get("score")) for s in STEPS] + [weak])
-    widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head))]
-    right = {2, 3, 4, 5, 6, 7}
-    fmt = lambda row: "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
-                                for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-    lines = [fmt(head), "  ".join("-" * w for w in widths)] + [fmt(b) for b in body]
-    lines.append("")
-    lines.append("Step columns: the manager's score per step (100% = done well on every call; weak = half; "
-                 "objection handling only on calls with objections). Weak stage = largest shortfall against the team.")
+    return (table(head, body, right={2, 3, 4, 5, 6, 7}) + "\n\n"
+            "Step columns: the manager's score per step (100% = done well on every call, a weak step counts half; "
+            "objection handling only on calls with objections).\nWeak stage = the largest shortfall against the "
+            "team's pooled score, named once a manager has enough calls.")
+
+
+def render_manager(row: dict, min_calls: int) -> str:
+    head = ["Step", "Occurred", "Quality ok", "Next step", "Score", "Team", "vs team"]
+    body = [[s, _pct(v["share"]), _pct(v["pass_rate"]), _pct(v["conversion"]), _pct(v["score"]),
+             _pct(v["team_score"]), "–" if v["gap"] is None else f"{round(-v['gap'] * 100):+d} pts"]
+            for s, v in row["steps"].items()]
+    lines = [f"{row['manager_name'] or row['manager_id']} ({row['manager_id']}), team {row['team_id'] or '–'}: "
+             f"{row['calls']} calls" + (f", {row['failed_calls']} failed" if row["failed_calls"] else ""),
+             "", table(head, body, right={1, 2, 3, 4, 5, 6}), ""]
+    if row["weak_stage"]:
+        lines.append(f"Weak stage: {row['weak_stage']} ({round(row['weak_gap'] * 100)} pts below the team, "
+                     f"{row['weak_calls']} calls)")
+    elif not row["enough_calls"]:
+        lines.append(f"Weak stage: not enough calls yet (needs {min_calls})")
+    if row["objections"]:
+        lines.append("Objections: " + ", ".join(f"{k} {v['answered']}/{v['raised']} answered"
+                                                for k, v in sorted(row["objections"].items())))
+    k = row["kpi"]
+    if k:
+        lines.append(f"Activity: {k['calls_per_day']} calls/day, {k['talk_time_min']} min talking"
+                     + (f"; hot leads called within 15 min: {_pct(k['hot_leads_within_15min'])} of {k['hot_leads']}"
+                        if k.get("hot_leads") else "")
+                     + (f"; median lead response {k['lead_response_median_min']} min"
+                        if k.get("lead_response_median_min") is not None else ""))
     return "\n".join(lines)
 
 
-def render_json(rows: list[dict]) -> str:
-    return json.dumps({"managers": rows}, ensure_ascii=False, indent=2)
+# ---- flagged calls and reviews ------------------------------------------------------------------
+
+def _mmss(at: Optional[float]) -> str:
+    return "–" if at is None else f"{int(at // 60)}:{int(at % 60):02d}"
+
+
+def flagged_rows(session: Session, scope: Scope = Scope(), include_reviewed: bool = True) -> list[dict]:
+    names = _names(session)
+    reviews = {(r.call_id, r.flag_code): r for r in session.scalars(select(Review))}
+    q = scope.calls(select(FlagRow, Call).join(Call, Call.call_id == FlagRow.call_id)).order_by(
+        Call.started_at.desc(), FlagRow.call_id, FlagRow.idx)
+    rows = []
+    for f, c in session.execute(q).all():
+        rv = reviews.get((f.call_id, f.code))
+        if rv and not include_reviewed:
+            continue
+        rows.append({"call_id": f.call_id, "started_at": _aware(c.started_at).isoformat(),
+                     "manager_id": c.manager_id, "manager_name": names.get(c.manager_id), "team_id": c.team_id,
+                     "flag": f.code, "detail": f.detail, "at": f.at,
+                     "link": c.recording_url + (f"#t={f.at:.1f}" if f.at is not None else ""),
+                     "review": rv.verdict if rv else None, "review_comment": rv.comment if rv else None})
+    rows.sort(key=lambda r: r["review"] is not None)  # the queue: unreviewed first, newest first
+    return rows
+
+
+def render_flagged(rows: list[dict]) -> str:
+    if not rows:
+        return "No flagged calls."
+    body = [[r["started_at"][:16].replace("T", " "), r["manager_name"] or r["manager_id"], r["call_id"], r["flag"],
+             _mmss(r["at"]), r["review"] or "to review", r["detail"][:70]] for r in rows]
+    return (table(["Started", "Manager", "Call", "Flag", "At", "Review", "Why"], body, right={4}) +
+            "\n\nMark one reviewed: callqa review CALL_ID FLAG --agree|--disagree [--comment TEXT]")
+
+
+def flag_rule_rows(session: Session, scope: Scope = Scope()) -> list[dict]:
+    """Per flag rule: how often it fired and how reviewers judged it (a noisy rule shows up)."""
+    out: dict[str, dict] = {}
+    for r in flagged_rows(session, scope):
+        d = out.setdefault(r["flag"], {"flag": r["flag"], "flagged": 0, "reviewed": 0, "agree": 0, "disagree": 0})
+        d["flagged"] += 1
+        if r["review"]:
+            d["reviewed"] += 1
+            d[r["review"]] += 1
+    for d in out.values():
+        d["disagree_share"] = _r(d["disagree"] / d["reviewed"]) if d["reviewed"] else None
+    return sorted(out.values(), key=lambda d: -d["flagged"])
+
+
+def render_flag_rules(rows: list[dict]) -> str:
+    if not rows:
+        return "No flags yet."
+    return table(["Flag rule", "Fired", "Reviewed", "Agree", "Disagree", "Disagree %"],
+                 [[d["flag"], d["flagged"], d["reviewed"], d["agree"], d["disagree"], _pct(d["disagree_share"])]
+                  for d in rows], right={1, 2, 3, 4, 5})
+
+
+# ---- coaching -----------------------------------------------------------------------------------
+
+def coaching_rows(session: Session, scope: Scope = Scope(), examples: int = 3) -> list[dict]:
+    """Managers ranked by objection-handling shortfall, with the moments to coach on."""
+    names = _names(session)
+    q = scope.calls(select(ObjectionRow, Call).join(Call, Call.call_id == ObjectionRow.call_id)
+                    .where(Call.status == "tagged")).order_by(Call.started_at, ObjectionRow.idx)
+    per: dict[str, dict] = {}
+    team: dict[Optional[str], list[int]] = {}
+    for ob, c in session.execute(q).all():
+        d = per.setdefault(c.manager_id, {"team_id": c.team_id, "raised": 0, "answered": 0, "missed": {},
+                                          "moments": []})
+        d["raised"] += 1
+        d["answered"] += ob.answered
+        t = team.setdefault(c.team_id, [0, 0])
+        t[0] += 1
+        t[1] += ob.answered
+        if not ob.answered:
+            d["missed"][ob.kind] = d["missed"].get(ob.kind, 0) + 1
+            d["moments"].append((c, ob))
+    rows = []
+    for mid, d in per.items():
+        t = team[d["team_id"]]
+        rate, team_rate = d["answered"] / d["raised"], t[1] / t[0]
+        moments = []
+        for c, ob in d["moments"][-examples:]:
+            # the manager's next words: a turn still running when the client objected counts too
+            said = session.scalar(select(SegmentRow.text).where(
+                SegmentRow.call_id == c.call_id, SegmentRow.speaker == "manager",
+                SegmentRow.end > (ob.at or 0) + 0.5).order_by(SegmentRow.start).limit(1))
+            moments.append({"call_id": c.call_id, "at": ob.at, "kind": ob.kind, "objection": ob.text,
+                            "manager_said": said or "(nothing: the call ended)",
+                            "link": c.recording_url + (f"#t={ob.at:.1f}" if ob.at is not None else "")})
+        rows.append({"manager_id": mid, "manager_name": names.get(mid), "team_id": d["team_id"],
+                     "objections": d["raised"], "answered": d["answered"], "answer_rate": _r(rate),
+                     "team_answer_rate": _r(team_rate), "shortfall": _r(team_rate - rate),
+                     "missed_kinds": dict(sorted(d["missed"].items(), key=lambda kv: -kv[1])),
+                     "moments": moments})
+    rows.sort(key=lambda r: (-r["shortfall"], -(r["objections"] - r["answered"])))
+    return rows
+
+
+def render_coaching(rows: list[dict]) -> str:
+    if not rows:
+        return "No objections recorded yet."
+    out = [table(["Manager", "Objections", "Answered", "Team", "Shortfall", "Missed most"],
+                 [[r["manager_name"] or r["manager_id"], r["objections"], _pct(r["answer_rate"]),
+                   _pct(r["team_answer_rate"]), f"{round(r['shortfall'] * 100):+d} pts",
+                   ", ".join(f"{k} ×{n}" for k, n in r["missed_kinds"].items()) or "–"] for r in rows],
+                 right={1, 2, 3, 4})]
+    for r in rows:
+        if r["moments"]:
+            out.append(f"\n{r['manager_name'] or r['manager_id']}: moments to coach on")
+            for m in r["moments"]:
+                out.append(f"  {m['call_id']} at {_mmss(m['at'])} [{m['kind']}] client: \"{m['objection']}\"")
+                out.append(f"      manager: \"{m['manager_said']}\"")
+    return "\n".join(out)
+
+
+def coaching_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["manager_id", "manager_name", "team_id", "objections", "answer_rate", "team_answer_rate",
+                "shortfall", "call_id", "at_s", "kind", "objection", "manager_said", "link"])
+    for r in rows:
+        for m in r["moments"] or [None]:
+            w.writerow([r["manager_id"], r["manager_name"], r["team_id"], r["objections"], r["answer_rate"],
+                        r["team_answer_rate"], r["shortfall"]]
+                       + ([m["call_id"], m["at"], m["kind"], m["objection"], m["manager_said"], m["link"]]
+                          if m else [""] * 6))
+    return buf.getvalue()
+
+
+def rows_csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    flat = [{k: (json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v) for k, v in r.items()}
+            for r in rows]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(flat[0]))
+    w.writeheader()
+    w.writerows(flat)
+    return buf.getvalue()
+
+
+def render_json(key: str, rows: Any) -> str:
+    return json.dumps({key: rows}, ensure_ascii=False, indent=2, default=str)
+
+
+def parse_day(text: str) -> datetime:
+    """YYYY-MM-DD or a full ISO time; dates are midnight UTC."""
+    dt = datetime.fromisoformat(text)
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def until_day(text: str) -> datetime:
+    dt = parse_day(text)
+    return dt + timedelta(days=1) if len(text) == 10 else dt  # --until 2026-11-30 includes that day

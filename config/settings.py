@@ -29,6 +29,7 @@ class Settings:
     topic_transcribed: str = setting("CALLQA_TOPIC_TRANSCRIBED", "calls.transcribed", "after ASR")
     topic_tagged: str = setting("CALLQA_TOPIC_TAGGED", "calls.tagged", "after tagging")
     topic_dlq: str = setting("CALLQA_TOPIC_DLQ", "calls.dlq", "dead letters")
+    topic_flagged: str = setting("CALLQA_TOPIC_FLAGGED", "calls.flagged", "a call got a new flag (for CRM/chat)")
     topic_partitions: int = setting("CALLQA_TOPIC_PARTITIONS", 4, "partitions of the calls.* topics")
     asr_engine: str = setting("CALLQA_ASR_ENGINE", "faster-whisper", "faster-whisper | openai-whisper")
     asr_model: str = setting("CALLQA_ASR_MODEL", "base", "model name or directory")
@@ -41,12 +42,38 @@ class Settings:
     asr_max_audio_s: float = setting("CALLQA_ASR_MAX_AUDIO_S", 4 * 3600.0, "longer recordings are refused")
     asr_call_timeout_s: float = setting("CALLQA_ASR_CALL_TIMEOUT_S", 900.0, "per-call transcription limit")
     asr_turn_gap_s: float = setting("CALLQA_ASR_TURN_GAP_S", 0.8, "pause that starts a new turn")
+    asr_initial_prompt: str = setting(
+        "CALLQA_ASR_INITIAL_PROMPT", "", "Whisper initial prompt (style, product and company names)")
+    asr_hotwords: str = setting(
+        "CALLQA_ASR_HOTWORDS", "", "product/company names to favour (faster-whisper hotwords; openai: added to the prompt)")
+    asr_vad_gap_s: float = setting("CALLQA_ASR_VAD_GAP_S", 1.0, "silence kept between VAD speech regions")
+    asr_no_speech_threshold: float = setting(
+        "CALLQA_ASR_NO_SPEECH_THRESHOLD", 0.6, "drop segments over this no_speech_prob (with a low log-prob)")
+    asr_logprob_threshold: float = setting(
+        "CALLQA_ASR_LOGPROB_THRESHOLD", -1.0, "avg log-prob under which a no-speech segment is dropped")
+    asr_allow_download: bool = setting(
+        "CALLQA_ASR_ALLOW_DOWNLOAD", False, "let a bare model name be fetched from the hub (off: local weights only)")
     recordings_dir: str = setting(
         "CALLQA_RECORDINGS_DIR", "", "file:// recordings must lie inside these dirs (os.pathsep-separated); empty = CALLQA_HOME/recordings")
     fetch_max_bytes: int = setting("CALLQA_FETCH_MAX_BYTES", 500 * 1024 * 1024, "download size cap")
     fetch_timeout_s: float = setting("CALLQA_FETCH_TIMEOUT_S", 60.0, "download timeout")
     min_calls_for_rank: int = setting("CALLQA_MIN_CALLS", 2, "calls a manager needs before a weak stage is named")
     home: str = setting("CALLQA_HOME", "", "working directory for the database, broker data and caches")
+    fetch_allowed_hosts: str = setting(
+        "CALLQA_FETCH_ALLOWED_HOSTS", "", "hosts recording URLs may name (comma list, *.suffix; the providers' API hosts "
+        "are added); empty = any public host. Redirects and API-issued links need only be public")
+    fetch_allow_private: bool = setting(
+        "CALLQA_FETCH_ALLOW_PRIVATE", False, "allow downloads from loopback/private/link-local addresses (on-prem PBX, tests)")
+    fetch_allow_http: bool = setting("CALLQA_FETCH_ALLOW_HTTP", False, "allow plain http:// downloads")
+    fetch_deadline_s: float = setting("CALLQA_FETCH_DEADLINE_S", 900.0, "whole-download time limit (per attempt)")
+    twilio_account_sid: str = setting(
+        "CALLQA_TWILIO_ACCOUNT_SID", "", "Twilio account SID for recording downloads (default: the SID in the URL)")
+    twilio_auth_token: str = setting(
+        "CALLQA_TWILIO_AUTH_TOKEN", "", "Twilio auth token: HTTP basic auth on api.twilio.com recordings")
+    zadarma_api_key: str = setting("CALLQA_ZADARMA_API_KEY", "", "Zadarma API key (asks the API for recording links)")
+    zadarma_secret: str = setting("CALLQA_ZADARMA_SECRET", "", "Zadarma API secret (signs the API request)")
+    mango_api_key: str = setting("CALLQA_MANGO_API_KEY", "", "Mango Office vpbx_api_key (recording download)")
+    mango_api_salt: str = setting("CALLQA_MANGO_API_SALT", "", "Mango Office vpbx_api_salt (signs the download)")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":

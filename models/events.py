@@ -160,3 +160,18 @@ class DeadLetter(_Event):
     error_type: str = "Error"
     original: str  # the raw event as received (text), so it can be replayed
     failed_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class CallFlagged(_Event):
+    """On calls.flagged when a stored call gets a flag it did not have, for CRMs and chat bots."""
+
+    schema_version: int = SCHEMA_VERSION
+    call_id: str
+    manager_id: str
+    manager_name: Optional[str] = None
+    team_id: Optional[str] = None
+    started_at: datetime
+    recording_url: str
+    new_flags: list[str]
+    flags: list[Flag]
+    furthest_step: Optional[Step] = None

@@ -118,7 +118,8 @@ class Review(Base):
 
 
 class ManagerStageStat(Base):
-    """Per manager, step and period: recomputed from stored calls, so replays never add twice."""
+    """Per manager, step and period ("all", "week:2026-W48", "month:2026-11"): the SQL mirror of the
+    worker's live statistics table; a replayed call replaces its contribution, never adds twice."""
 
     __tablename__ = "manager_stage_stats"
     manager_id: Mapped[str] = mapped_column(ForeignKey("managers.manager_id"), primary_key=True)
@@ -128,10 +129,20 @@ class ManagerStageStat(Base):
     occurred: Mapped[int] = mapped_column(Integer)
     quality_passed: Mapped[int] = mapped_column(Integer)
     reached_next: Mapped[int] = mapped_column(Integer)
+    scored: Mapped[int] = mapped_column(Integer, default=0)
+    score_sum: Mapped[float] = mapped_column(Float, default=0.0)
     share: Mapped[float] = mapped_column(Float)
     pass_rate: Mapped[Optional[float]] = mapped_column(Float)
     conversion: Mapped[Optional[float]] = mapped_column(Float)
     score: Mapped[Optional[float]] = mapped_column(Float)
-    team_score: Mapped[Optional[float]] = mapped_column(Float)
-    gap: Mapped[Optional[float]] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class ManagerObjectionStat(Base):
+    __tablename__ = "manager_objection_stats"
+    manager_id: Mapped[str] = mapped_column(ForeignKey("managers.manager_id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    period: Mapped[str] = mapped_column(String(16), primary_key=True)
+    raised: Mapped[int] = mapped_column(Integer)
+    answered: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -1,14 +1,15 @@
 """Idempotent writes keyed by call_id, and the statistics mirror in SQL."""
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from datetime import datetime, timezone
+from typing import Optional
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from models.events import STEPS, CallRecorded, CallTagged, DeadLetter
-from models.tables import (Call, CallStep, FlagRow, Manager, ManagerStageStat, ObjectionRow, SegmentRow,
-                           utcnow)
+from models.events import CallRecorded, CallTagged, DeadLetter
+from models.tables import (Call, CallStep, FlagRow, Manager, ManagerObjectionStat, ManagerStageStat, ObjectionRow,
+                           Review, SegmentRow, utcnow)
 from pipeline import stats
 
 
@@ -37,9 +38,13 @@ def _call_row(session: Session, ev: CallRecorded) -> Call:
     return call
 
 
-def store_tagged(session: Session, ev: CallTagged) -> None:
-    """Replace everything stored for ev.call_id with ev (a replay stores nothing twice)."""
+def store_tagged(session: Session, ev: CallTagged) -> list[str]:
+    """Replace everything stored for ev.call_id with ev (a replay stores nothing twice).
+
+    Returns the flag codes the call did not have before (for the calls.flagged event).
+    """
     _upsert_manager(session, ev)
+    before = set(session.scalars(select(FlagRow.code).where(FlagRow.call_id == ev.call_id)))
     call = _call_row(session, ev)
     call.duration_s = ev.duration_s if ev.duration_s is not None else ev.asr.audio_s
     call.language = ev.language_detected or (ev.language if ev.language != "auto" else None)
@@ -69,6 +74,7 @@ def store_tagged(session: Session, ev: CallTagged) -> None:
         for i, o in enumerate(ev.objections))
     session.add_all(FlagRow(call_id=ev.call_id, idx=i, code=f.code, detail=f.detail, at=f.at)
                     for i, f in enumerate(ev.flags))
+    return sorted({f.code for f in ev.flags} - before)
 
 
 def mark_failed(session: Session, dead: DeadLetter) -> bool:
@@ -91,29 +97,89 @@ def mark_failed(session: Session, dead: DeadLetter) -> bool:
     return True
 
 
-def load_outcomes(session: Session, team_ids: Optional[Iterable[Optional[str]]] = None) -> list[stats.CallOutcome]:
-    q = select(Call.call_id, Call.manager_id, Call.team_id).where(Call.status == "tagged")
+def load_outcomes(session: Session, *, team_id: Optional[str] = None, since: Optional[datetime] = None,
+                  until: Optional[datetime] = None) -> list[stats.CallOutcome]:
+    """Every stored (tagged) call's contribution, optionally for one team and a time range."""
+    q = select(Call.call_id, Call.manager_id, Call.team_id, Call.started_at).where(Call.status == "tagged")
+    if team_id is not None:
+        q = q.where(Call.team_id == team_id)
+    if since is not None:
+        q = q.where(Call.started_at >= since)
+    if until is not None:
+        q = q.where(Call.started_at < until)
     rows = session.execute(q).all()
-    teams = set(team_ids) if team_ids is not None else None
-    rows = [r for r in rows if teams is None or r.team_id in teams]
     steps: dict[str, dict[str, tuple[bool, Optional[str]]]] = {r.call_id: {} for r in rows}
+    objections: dict[str, list[tuple[str, bool]]] = {r.call_id: [] for r in rows}
     for cs in session.execute(select(CallStep.call_id, CallStep.step, CallStep.present, CallStep.quality)):
         if cs.call_id in steps:
             steps[cs.call_id][cs.step] = (cs.present, cs.quality)
-    return [stats.CallOutcome(r.call_id, r.manager_id, r.team_id, steps[r.call_id]) for r in rows]
+    for ob in session.execute(select(ObjectionRow.call_id, ObjectionRow.kind, ObjectionRow.answered)
+                              .order_by(ObjectionRow.call_id, ObjectionRow.idx)):
+        if ob.call_id in objections:
+            objections[ob.call_id].append((ob.kind, ob.answered))
+    return [stats.CallOutcome(r.call_id, r.manager_id, r.team_id, steps[r.call_id], _aware(r.started_at),
+                              tuple(objections[r.call_id])) for r in rows]
 
 
-def refresh_stats(session: Session, min_calls: int) -> dict[str, stats.ManagerReport]:
-    """Recompute manager_stage_stats from the stored calls (idempotent by construction)."""
-    reports = stats.compute(load_outcomes(session), min_calls)
-    session.execute(delete(ManagerStageStat).where(ManagerStageStat.period == "all"))
+def _aware(dt: Optional[datetime]) -> Optional[datetime]:
+    # SQLite hands back naive datetimes; everything stored is UTC
+    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
+
+
+def mirror_manager_stats(session: Session, ms: stats.ManagerStats) -> None:
+    """Write one manager's live statistics (every period) to SQL, replacing the previous copy."""
+    if session.get(Manager, ms.manager_id) is None:
+        session.add(Manager(manager_id=ms.manager_id, team_id=ms.team_id))
+        session.flush()
+    session.execute(delete(ManagerStageStat).where(ManagerStageStat.manager_id == ms.manager_id))
+    session.execute(delete(ManagerObjectionStat).where(ManagerObjectionStat.manager_id == ms.manager_id))
     now = utcnow()
-    for r in reports.values():
-        for step in STEPS:
-            st = r.stages[step]
+    for period, steps in ms.totals.items():
+        for step, c in steps.items():
+            occurred = int(c["occurred"])
             session.add(ManagerStageStat(
-                manager_id=r.manager_id, step=step, period="all", calls=st.calls, occurred=st.occurred,
-                quality_passed=st.quality_passed, reached_next=st.reached_next, share=st.share,
-                pass_rate=st.pass_rate, conversion=st.conversion, score=st.score, team_score=st.team_score,
-                gap=st.gap, updated_at=now))
-    return reports
+                manager_id=ms.manager_id, step=step, period=period, calls=int(c["calls"]), occurred=occurred,
+                quality_passed=int(c["quality_passed"]), reached_next=int(c["reached_next"]),
+                scored=int(c["scored"]), score_sum=float(c["score_sum"]),
+                share=occurred / c["calls"] if c["calls"] else 0.0,
+                pass_rate=c["quality_passed"] / occurred if occurred else None,
+                conversion=c["reached_next"] / occurred if occurred else None,
+                score=c["score_sum"] / c["scored"] if c["scored"] else None, updated_at=now))
+    for period, kinds in ms.objections.items():
+        for kind, (raised, answered) in kinds.items():
+            if raised:
+                session.add(ManagerObjectionStat(manager_id=ms.manager_id, kind=kind, period=period,
+                                                 raised=raised, answered=answered, updated_at=now))
+
+
+def mirrored_stats(session: Session) -> dict[str, stats.ManagerStats]:
+    """Read the SQL mirror back into ManagerStats totals (contributions are not mirrored)."""
+    out: dict[str, stats.ManagerStats] = {}
+    teams = dict(session.execute(select(Manager.manager_id, Manager.team_id)).all())
+    for r in session.scalars(select(ManagerStageStat)):
+        ms = out.setdefault(r.manager_id, stats.ManagerStats(r.manager_id, teams.get(r.manager_id)))
+        ms.totals.setdefault(r.period, {})[r.step] = {
+            "calls": r.calls, "occurred": r.occurred, "quality_passed": r.quality_passed,
+            "reached_next": r.reached_next, "scored": r.scored, "score_sum": round(r.score_sum, 6)}
+    for r in session.scalars(select(ManagerObjectionStat)):
+        ms = out.setdefault(r.manager_id, stats.ManagerStats(r.manager_id, teams.get(r.manager_id)))
+        ms.objections.setdefault(r.period, {})[r.kind] = [r.raised, r.answered]
+    return out
+
+
+def record_review(session: Session, call_id: str, flag_code: str, verdict: str, comment: Optional[str] = None,
+                  reviewer: Optional[str] = None) -> Review:
+    """A sales head's verdict on one flag of a call; reviewing again replaces the verdict."""
+    if verdict not in ("agree", "disagree"):
+        raise ValueError(f"verdict must be agree or disagree, not {verdict!r}")
+    codes = set(session.scalars(select(FlagRow.code).where(FlagRow.call_id == call_id)))
+    if not codes:
+        raise LookupError(f"call {call_id} has no flags to review (is the call id right? `callqa report flagged`)")
+    if flag_code not in codes:
+        raise LookupError(f"call {call_id} has no flag {flag_code!r}; its flags: {', '.join(sorted(codes))}")
+    review = session.scalar(select(Review).where(Review.call_id == call_id, Review.flag_code == flag_code))
+    if review is None:
+        review = Review(call_id=call_id, flag_code=flag_code)
+        session.add(review)
+    review.verdict, review.comment, review.reviewer, review.created_at = verdict, comment, reviewer, utcnow()
+    return review

@@ -39,7 +39,7 @@ class WorkerProcess:
                     "CALLQA_TOPIC_TRANSCRIBED": self.topics["transcribed"],
                     "CALLQA_TOPIC_TAGGED": self.topics["tagged"], "CALLQA_TOPIC_DLQ": self.topics["dlq"],
                     "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-        self.log = home / f"worker-{self.app_id}.log"
+        self.log = home / f"worker-{self.app_id}-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen | None = None
         self._sessions = None
 

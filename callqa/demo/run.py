@@ -39,7 +39,7 @@ def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
 
     from callqa.broker import BrokerError, LocalBroker
     from callqa.publisher import Publisher
-    from callqa.report import manager_rows, render_table
+    from callqa.report import manager_rows, render_managers
     from models.db import session_factory
     from models.tables import Call
 
@@ -92,17 +92,17 @@ def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
             _progress(done, len(ids), started)
             time.sleep(1.0)
         print()
-        time.sleep(1.5)  # the worker refreshes the statistics table once a second
         with sessions() as session:
             failed = session.scalars(select(Call).where(Call.call_id.in_(ids), Call.status == "failed")).all()
             rows = manager_rows(session, s.min_calls_for_rank)
         for c in failed:
             print(f"  failed: {c.call_id} at {c.failed_stage}: {c.error}")
         print()
-        print(render_table(rows, s.min_calls_for_rank))
+        print(render_managers(rows, s.min_calls_for_rank))
         print()
         print(f"Database: {s.db_url}")
-        print(f"Again, any time: CALLQA_DATABASE_URL={s.db_url} callqa report")
+        print(f"Again, any time: CALLQA_DATABASE_URL={s.db_url} callqa report "
+              "[managers|manager ID|flagged|flags|coaching]")
         return 0 if not failed else 1
     except KeyboardInterrupt:
         print("\ninterrupted; stopping the worker and the broker")

@@ -1,0 +1,26 @@
+"""`callqa demo` end to end: its report names each demo manager's intended weak stage."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from callqa.demo.run import DEMO_DIR, run_demo
+from callqa.report import manager_rows
+from config.settings import Settings
+from models.db import session_factory
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_report_names_the_intended_weak_stages(kafka_bootstrap, tmp_path, capsys):
+    s = Settings(kafka_bootstrap=kafka_bootstrap, home=str(tmp_path / "demo"), app_id="callqa-demo-test")
+    assert run_demo(s, timeout_s=600) == 0
+    out = capsys.readouterr().out
+    assert "Weak stage" in out and "Anna Petrova" in out
+    intended = {c["manager_id"]: c["intended"]["weak_stage"]
+                for c in json.loads((DEMO_DIR / "calls.json").read_text())}
+    with session_factory(f"sqlite:///{tmp_path / 'demo' / 'callqa.db'}")() as session:
+        rows = {r["manager_id"]: r for r in manager_rows(session, s.min_calls_for_rank)}
+    assert {m: rows[m]["weak_stage"] for m in intended} == intended
+    assert all(rows[m]["failed_calls"] == 0 for m in intended)

@@ -1,0 +1,95 @@
+"""Live statistics across two workers: one stops, the other takes over its partitions, and the
+Faust table (read from its changelog topic) and the SQL mirror equal what the stored calls say."""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import func, select
+
+from callqa.publisher import Publisher
+from models.events import STEPS, CallTagged
+from models.tables import Call
+from pipeline import stats
+from pipeline.store import load_outcomes, mirrored_stats
+from tests.helpers import WorkerProcess, consume_all
+
+pytestmark = pytest.mark.slow
+
+MANAGERS = [f"mgr-{i}" for i in range(6)]
+
+
+def tagged_event(n: int, manager: str, variant: int = 0) -> CallTagged:
+    present = {s: (n + i + variant) % 3 != 0 or s == "greeting" for i, s in enumerate(STEPS)}
+    return CallTagged.model_validate({
+        "call_id": f"call-{n}", "manager_id": manager, "team_id": "north" if manager < "mgr-3" else "south",
+        "recording_url": f"file:///r/{n}.wav", "language": "en", "duration_s": 60.0,
+        "started_at": (datetime(2026, 10, 1, 9, tzinfo=timezone.utc) + timedelta(days=n)).isoformat(),
+        "asr": {"engine": "faster-whisper", "model": "base", "compute_type": "int8", "audio_s": 60, "wall_s": 5},
+        "segments": [{"speaker": "manager", "start": 0, "end": 2, "text": "hello"}],
+        "steps": {s: {"present": p, "quality": ("weak" if (n + variant) % 4 == 0 else "good") if p else "missing"}
+                  for s, p in present.items()},
+        "objections": [{"text": "too expensive", "kind": "price", "answered": (n + variant) % 2 == 0, "at": 1.0}]
+        if present["objection_handling"] else [],
+    })
+
+
+def changelog_state(bootstrap: str, topic: str) -> dict[str, stats.ManagerStats]:
+    latest = {}
+    for m in consume_all(bootstrap, topic, timeout_s=5):
+        latest[json.loads(m.key)] = json.loads(m.value) if m.value is not None else None
+    return {k: stats.ManagerStats.from_dict(v) for k, v in latest.items() if v}
+
+
+def test_two_workers_one_stops_stats_stay_exact(kafka_bootstrap, tmp_path):
+    a = WorkerProcess(kafka_bootstrap, tmp_path, [tmp_path])
+    b = WorkerProcess(kafka_bootstrap, tmp_path, [tmp_path], app_id=a.app_id)
+    b.topics, b.env = a.topics, a.env
+    a.start()
+    b.start()
+    try:
+        with Publisher(kafka_bootstrap, a.topics["tagged"]) as pub:
+            for n in range(24):
+                ev = tagged_event(n, MANAGERS[n % len(MANAGERS)])
+                pub.publish_raw(ev.call_id, ev.model_dump_json().encode())
+            a.wait_for_calls([f"call-{n}" for n in range(24)], timeout_s=90, statuses=("tagged",))
+            a.stop()  # its partitions move to b
+            for n in range(24, 36):
+                ev = tagged_event(n, MANAGERS[n % len(MANAGERS)])
+                pub.publish_raw(ev.call_id, ev.model_dump_json().encode())
+            for n in (1, 2, 3):  # replays: same content
+                ev = tagged_event(n, MANAGERS[n % len(MANAGERS)])
+                pub.publish_raw(ev.call_id, ev.model_dump_json().encode())
+            for n in (4, 5):  # re-tagged: new content replaces the old contribution
+                ev = tagged_event(n, MANAGERS[n % len(MANAGERS)], variant=1)
+                pub.publish_raw(ev.call_id, ev.model_dump_json().encode())
+        b.wait_for_calls([f"call-{n}" for n in range(36)], timeout_s=90, statuses=("tagged",))
+
+        deadline = time.monotonic() + 120
+        while True:
+            with b.sessions() as s:
+                expected = stats.aggregate(load_outcomes(s))
+                mirror = mirrored_stats(s)
+                n_calls = s.scalar(select(func.count()).select_from(Call))
+            table = changelog_state(kafka_bootstrap, f"{a.app_id}-manager-stats-changelog")
+            ok = (all(mirror.get(m) and mirror[m].totals == expected[m].totals
+                      and mirror[m].objections == expected[m].objections for m in expected)
+                  and all(table.get(m) and table[m].totals == expected[m].totals for m in expected))
+            if ok or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert n_calls == 36
+        assert set(expected) == set(MANAGERS)
+        for m in MANAGERS:
+            assert mirror[m].totals == expected[m].totals, m
+            assert mirror[m].objections == expected[m].objections, m
+            assert table[m].totals == expected[m].totals, m
+            assert set(table[m].contributions) == {f"call-{n}" for n in range(36) if MANAGERS[n % 6] == m}
+        # the re-tagged calls count with their new content only
+        assert expected["mgr-4"].contributions["call-4"] == stats.outcome_from_tagged(
+            tagged_event(4, "mgr-4", variant=1)).to_compact()
+    finally:
+        a.stop()
+        b.stop()
