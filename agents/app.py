@@ -75,12 +75,12 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         from pipeline.transcribe import CallTranscriber
         transcriber = CallTranscriber(s)
     if tagger is None:
-        from pipeline.tagging import load_rules, tag_call
-        rules = load_rules()
+        from pipeline.tagging import LiveRules
+        from pipeline.tagging.retag import retag
+        rules = LiveRules(s.rules_dir or None, on_error=log.error)
 
         def tagger(ev: CallTranscribed) -> CallTagged:
-            result = tag_call(ev.segments, ev.language_detected or ev.language, ev.duration_s, rules)
-            return CallTagged.model_validate({**ev.model_dump(), **result.model_dump()})
+            return retag(ev, rules.get())
 
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callqa-db")  # one writer
     sessions = None

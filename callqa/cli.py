@@ -138,6 +138,62 @@ def cmd_report(args, s: Settings) -> int:
     return 0
 
 
+def cmd_retag(args, s: Settings) -> int:
+    """Re-tag stored calls from their transcripts with the current YAML rules."""
+    from sqlalchemy import select
+
+    from callqa import report as rp
+    from models.db import session_factory
+    from models.events import CallTagged
+    from models.tables import Call
+    from pipeline.tagging import RulesError, load_rules
+    from pipeline.tagging.retag import retag
+    try:
+        rules = load_rules(s.rules_dir or None)
+    except RulesError as e:
+        return _err(f"the rules do not validate, nothing was re-tagged: {e}")
+    if not args.dry_run and not s.kafka_bootstrap:
+        return _err("set CALLQA_KAFKA_BOOTSTRAP (re-tagged calls go through calls.tagged so the worker stores "
+                    "them and updates the statistics), or use --dry-run to see what would change")
+    q = select(Call).where(Call.status == "tagged", Call.event.is_not(None))
+    if args.call:
+        q = q.where(Call.call_id.in_(args.call))
+    if args.manager:
+        q = q.where(Call.manager_id == args.manager)
+    if args.since:
+        q = q.where(Call.started_at >= rp.parse_day(args.since))
+    changed = []
+    with session_factory(s.db_url)() as session:
+        calls = session.scalars(q.order_by(Call.started_at)).all()
+        for c in calls:
+            old = CallTagged.model_validate(c.event)
+            new = retag(old, rules)
+            diff = []
+            if old.furthest_step != new.furthest_step:
+                diff.append(f"furthest {old.furthest_step} -> {new.furthest_step}")
+            of, nf = sorted(f.code for f in old.flags), sorted(f.code for f in new.flags)
+            if of != nf:
+                diff.append(f"flags {','.join(of) or '-'} -> {','.join(nf) or '-'}")
+            os_, ns = ({k: (v.present, v.quality) for k, v in ev.steps.items()} for ev in (old, new))
+            diff += [f"{k} {os_.get(k)} -> {ns.get(k)}" for k in ns if os_.get(k) != ns.get(k)
+                     and "furthest" not in k][:3]
+            if old.model_dump(include={"utterance_tags", "steps", "objections", "flags", "furthest_step"}) != \
+                    new.model_dump(include={"utterance_tags", "steps", "objections", "flags", "furthest_step"}):
+                changed.append((new, diff or ["utterance tags"]))
+    for new, diff in changed:
+        print(f"{new.call_id}: {'; '.join(diff)}")
+    print(f"{len(changed)} of {len(calls)} stored calls change with the current rules"
+          + (" (dry run: nothing published)" if args.dry_run else ""))
+    if not args.dry_run and changed:
+        from callqa.publisher import Publisher
+        with Publisher(s.kafka_bootstrap, s.topic_tagged) as pub:
+            for new, _ in changed:
+                pub.publish_raw(new.call_id, new.model_dump_json().encode())
+        print(f"published {len(changed)} re-tagged calls to {s.topic_tagged}; the worker stores them "
+              "and replaces their contribution to the statistics")
+    return 0
+
+
 def cmd_review(args, s: Settings) -> int:
     from models.db import session_factory
     from pipeline.store import record_review
@@ -288,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--comment")
     rv.add_argument("--reviewer", default=os.environ.get("USER"))
     rv.set_defaults(fn=cmd_review)
+
+    rt = sub.add_parser("retag", help="re-tag stored calls from their transcripts after a rules (YAML) change")
+    rt.add_argument("--call", action="append", help="only this call id (repeatable)")
+    rt.add_argument("--manager", help="only this manager's calls")
+    rt.add_argument("--since", help="only calls started on or after YYYY-MM-DD")
+    rt.add_argument("--dry-run", action="store_true", help="show what would change, publish nothing")
+    rt.set_defaults(fn=cmd_retag)
 
     t = sub.add_parser("tag", help="tag dialogues from a JSONL file (the eval format)")
     t.add_argument("--input", required=True)

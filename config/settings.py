@@ -57,6 +57,8 @@ class Settings:
         "CALLQA_RECORDINGS_DIR", "", "file:// recordings must lie inside these dirs (os.pathsep-separated); empty = CALLQA_HOME/recordings")
     fetch_max_bytes: int = setting("CALLQA_FETCH_MAX_BYTES", 500 * 1024 * 1024, "download size cap")
     fetch_timeout_s: float = setting("CALLQA_FETCH_TIMEOUT_S", 60.0, "download timeout")
+    rules_dir: str = setting("CALLQA_RULES_DIR", "", "folder with lexicon/{ru,en}.yaml and flags.yaml "
+                             "(empty = the packaged config/); edits are picked up by a running worker")
     min_calls_for_rank: int = setting("CALLQA_MIN_CALLS", 2, "calls a manager needs before a weak stage is named")
     home: str = setting("CALLQA_HOME", "", "working directory for the database, broker data and caches")
     fetch_allowed_hosts: str = setting(

@@ -10,6 +10,6 @@ from __future__ import annotations
 
 from .call import tag_call
 from .dialogues import tag_dialogues
-from .rules import Rules, RulesError, load_rules
+from .rules import LiveRules, Rules, RulesError, load_rules
 
-__all__ = ["tag_call", "load_rules", "tag_dialogues", "Rules", "RulesError"]
+__all__ = ["tag_call", "load_rules", "tag_dialogues", "LiveRules", "Rules", "RulesError"]

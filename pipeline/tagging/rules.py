@@ -9,6 +9,7 @@ Every problem is reported as ``RulesError("<file>: <key.path>: <what is wrong>")
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -217,3 +218,33 @@ def default_rules() -> Rules:
     if r is None:
         r = _CACHE[DEFAULT_CONFIG_DIR] = load_rules(DEFAULT_CONFIG_DIR)
     return r
+
+
+class LiveRules:
+    """Rules that follow trainers' edits: the YAML is re-read when a file changes (checked at most
+    every ``interval_s``). An edit that does not validate is reported and the last good rules stay."""
+
+    def __init__(self, config_dir: Path | None = None, interval_s: float = 5.0, on_error=None):
+        self.base = Path(config_dir) if config_dir is not None else DEFAULT_CONFIG_DIR
+        self.interval_s = interval_s
+        self.on_error = on_error or (lambda msg: None)
+        self._rules = load_rules(self.base)  # a broken file at start-up is an error, not a warning
+        self._stamp = self._mtimes()
+        self._checked = time.monotonic()
+
+    def _mtimes(self) -> tuple:
+        files = [self.base / "lexicon" / f"{lang}.yaml" for lang in LANGUAGES] + [self.base / "flags.yaml"]
+        return tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files)
+
+    def get(self) -> Rules:
+        now = time.monotonic()
+        if now - self._checked >= self.interval_s:
+            self._checked = now
+            stamp = self._mtimes()
+            if stamp != self._stamp:
+                self._stamp = stamp
+                try:
+                    self._rules = load_rules(self.base)
+                except RulesError as e:
+                    self.on_error(f"{e} (keeping the previous rules until the file is fixed)")
+        return self._rules

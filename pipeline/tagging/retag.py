@@ -1,0 +1,15 @@
+"""Tagging a transcribed call into a CallTagged event (the worker's tag stage and `callqa retag`)."""
+from __future__ import annotations
+
+from models.events import CallTagged, CallTranscribed
+
+from .call import tag_call
+from .rules import Rules
+
+
+def retag(ev: CallTranscribed, rules: Rules) -> CallTagged:
+    # A stored CallTagged is a CallTranscribed plus tags: drop the old tags, keep the transcript.
+    base = CallTranscribed.model_validate(ev.model_dump(exclude=set(CallTagged.model_fields)
+                                                        - set(CallTranscribed.model_fields)))
+    result = tag_call(base.segments, base.language_detected or base.language, base.duration_s, rules)
+    return CallTagged.model_validate({**base.model_dump(), **result.model_dump()})
