@@ -6,6 +6,9 @@ import json
 import pytest
 
 from callqa.demo.run import DEMO_DIR, run_demo
+from models.events import CallFlagged
+from models.tables import FlagRow
+from tests.helpers import consume_all
 from callqa.report import manager_rows
 from config.settings import Settings
 from models.db import session_factory
@@ -24,3 +27,8 @@ def test_demo_report_names_the_intended_weak_stages(kafka_bootstrap, tmp_path, c
         rows = {r["manager_id"]: r for r in manager_rows(session, s.min_calls_for_rank)}
     assert {m: rows[m]["weak_stage"] for m in intended} == intended
     assert all(rows[m]["failed_calls"] == 0 for m in intended)
+    # every flagged call was announced on calls.flagged, for CRMs and chat bots
+    with session_factory(f"sqlite:///{tmp_path / 'demo' / 'callqa.db'}")() as session:
+        flagged = {(f.call_id, f.code) for f in session.query(FlagRow)}
+    notes = [CallFlagged.model_validate_json(m.value) for m in consume_all(kafka_bootstrap, s.topic_flagged)]
+    assert flagged and {(n.call_id, code) for n in notes for code in n.new_flags} == flagged
