@@ -293,6 +293,15 @@ def cmd_config(args, s: Settings) -> int:
     return 0
 
 
+def cmd_web(args, s: Settings) -> int:
+    import uvicorn
+
+    from web.app import create_app
+    print(f"callqa web on http://{args.host}:{args.port}/ (database: {s.db_url})")
+    uvicorn.run(create_app(s), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_ingest(args, s: Settings) -> int:
     from callqa.ingest_app import run_ingest
     return run_ingest(args.host, args.port) or 0
@@ -380,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="list the settings and their environment names")
     c.set_defaults(fn=cmd_config)
+
+    wb = sub.add_parser("web", help="web pages: weak stages, review queue, calls, coaching (and a JSON API)")
+    wb.add_argument("--host", default="127.0.0.1")
+    wb.add_argument("--port", type=int, default=8080)
+    wb.set_defaults(fn=cmd_web)
 
     i = sub.add_parser("ingest", help="HTTP service for telephony callbacks")
     i.add_argument("--host", default="0.0.0.0")

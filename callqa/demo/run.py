@@ -103,6 +103,8 @@ def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
         print(f"Database: {s.db_url}")
         print(f"Again, any time: CALLQA_DATABASE_URL={s.db_url} callqa report "
               "[managers|manager ID|flagged|flags|coaching]")
+        print(f"In a browser:    CALLQA_DATABASE_URL={s.db_url} CALLQA_RECORDINGS_DIR={s.recordings_dir} "
+              "callqa web  (http://127.0.0.1:8080/)")
         return 0 if not failed else 1
     except KeyboardInterrupt:
         print("\ninterrupted; stopping the worker and the broker")
