@@ -55,6 +55,8 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         broker_max_poll_interval=max(1000.0, s.asr_call_timeout_s * 2),
         stream_processing_timeout=max(300.0, s.asr_call_timeout_s * 2),
         producer_acks=-1,
+        # With a standby copy, taking over a partition after a rebalance stalled table recovery
+        # ("No event received for active tp", tests/test_stats_workers.py); the changelog is small.
         table_standby_replicas=0,
     )
     app.conf.callqa = s  # type: ignore[attr-defined]
