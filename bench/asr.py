@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-AUDIO = REPO.parent / "shared" / "audio"
+AUDIO = Path(os.environ.get("CALLQA_SHARED_DIR") or REPO.parent / "shared") / "audio"
 sys.path.insert(0, str(REPO))
 
 # (file, language, reference kind)

@@ -23,6 +23,7 @@ def find_shared() -> Path:
 
 
 SHARED = find_shared()
+os.environ.setdefault("CALLQA_SHARED_DIR", str(SHARED))  # for the bench modules the tests import
 
 
 class WorkerProcess:

@@ -34,6 +34,13 @@ _FILLERS_RU = {"а", "ну", "и", "вот", "так", "да", "хорошо", "
                "скажите", "подскажите", "и"}
 
 
+# hesitation tokens that ASR keeps ("делаем ээ коробки", "I'm uh thinking")
+_ASR_FILLERS = {"ээ", "эээ", "э", "эм", "ммм", "мм", "uh", "um", "uhm", "erm", "hmm"}
+
+
+_OFFER_VERBS = {"предложить", "порекомендовать", "посоветовать", "сделать", "дать", "уступить"}
+
+
 @dataclass
 class Hit:
     pos: int          # character offset in the segment text (for ordering)
@@ -80,7 +87,21 @@ class CompiledLexicon:
         raw: list[tuple[int, int, str, str]] = []
         run: list = []
         runs = []
-        for t in doc:
+        skip_to = -1
+        for j, t in enumerate(doc):
+            # ASR filler marks ("#uh", "[noise]", "ээ") neither match nor break a phrase
+            if j <= skip_to:
+                continue
+            if t.text == "#" and j + 1 < len(doc) and not doc[j + 1].is_space:
+                skip_to = j + 1
+                continue
+            if t.text == "[":
+                close = next((k for k in range(j + 1, min(j + 4, len(doc))) if doc[k].text == "]"), None)
+                if close is not None:
+                    skip_to = close
+                    continue
+            if t.lower_ in _ASR_FILLERS or t.is_space:
+                continue
             if _PUNCT.match(t.text):
                 if run:
                     runs.append(run)
@@ -126,6 +147,8 @@ class CompiledLexicon:
             words = re.findall(r"[\w'-]+", s.lower().replace("ё", "е"))
             while words and words[0] in self.fillers:
                 words = words[1:]
+            if len(words) >= 2 and words[0] in ("могу", "можем") and words[1] in _OFFER_VERBS:
+                continue                   # "Могу предложить 145 грамм": an offer, not a question
             if words and words[0] in self.question_words and len(words) >= 3:
                 n += 1
             elif any(w in _WH for w in words[1:4]) and len(words) >= 4:
@@ -156,9 +179,36 @@ _INTRO = re.compile(r"\b(from|with|at|из|компани)")
 
 
 def _n_distinct(hs: list[Hit]) -> int:
-    """Cue hits that are not nested in another hit ("мы внедряем" + "внедряем" count once)."""
-    spans = {(h.pos, h.pos + len(h.evidence)) for h in hs}
-    return sum(1 for s, e in spans if not any(s2 <= s and e <= e2 and (s2, e2) != (s, e) for s2, e2 in spans))
+    """Separate stretches of text with cue hits: nested or overlapping hits ("мы внедряем" +
+    "внедряем", "мы работаем" + "работаем с") count once."""
+    n, end = 0, -1
+    for s, e in sorted({(h.pos, h.pos + len(h.evidence)) for h in hs}):
+        if s >= end:
+            n += 1
+        end = max(end, e)
+    return n
+
+
+# "noted" after the client gave an e-mail / a date: with a farewell it is part of the goodbye
+_NOTED = re.compile(r"^(записал[аи]?|записываю|отметил[аи]?|noted|got it|all noted)$", re.I)
+# the manager acknowledging / conceding an objection ("understood, no pressure")
+_OBJ_ACK = re.compile(r"\b(no pressure|no obligation|i (totally |completely )?get (that|it)|i hear you|fair enough|"
+                      r"that's fair|не настаиваю|никакого давления)\b", re.I)
+# the manager answering a doubt ("that's a valid concern", "понимаю ваши сомнения")
+_OBJ_ANSWER = re.compile(r"\b((a |that's a |that is a )?(valid|fair|reasonable|common|legitimate) (concern|point|question)|"
+                         r"i understand your (concern|hesitation|worry|doubt)|many (people|customers|clients) (feel|think|say) that|"
+                         r"понимаю ваш[иеу]? (сомнени|опасени|беспокойств)|многие (так|тоже) (думают|говорят|сомневал)|"
+                         r"многие (наши )?клиенты тоже (так|сначала|были|сомневал|говорили))", re.I)
+# the seller introducing themselves (an opening that also asks for the decision maker stays a greeting)
+_SELF_INTRO = re.compile(r"(меня зовут|компани[яи]|«|my name is|this is \w+|calling from|, \w+ (from|with) )")
+# a question about the client's situation (volumes, current set-up) inside an objection answer
+_SITUATION_Q = re.compile(r"\b(how many|how much|how often|what do you (use|currently)|do you (currently|use|own|have)|"
+                          r"are you (currently|using)|сколько|как(ой|ие|ая) (объем|тираж|количеств)|у вас сейчас|"
+                          r"сейчас у вас|как организован|чем (вы )?пользуетесь|с кем (вы )?работаете)\b")
+_CHANGE_MIND = re.compile(r"\b(change your mind|передумаете)\b")
+# a client's closing question that is a proposal to act (a visit, a booking), not a question about terms
+_ACT_PROPOSAL = re.compile(r"\b(come|stop|drop|visit|meet|see it|viewing|test drive|book|schedule|reserve|"
+                           r"приехать|подъехать|заехать|встрет|посмотреть вживую)\b", re.I)
 
 
 def _in_question(text: str, hit: Hit) -> bool:
@@ -250,6 +300,7 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
     closed = False
     offered = False
     prev_sp: Optional[str] = None
+    prev_q = False
     n = len(texts)
     prev: Optional[SegTag] = None
     for i, (text, sp, hits) in enumerate(zip(texts, speakers, all_hits)):
@@ -264,29 +315,48 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
         if sp != "manager":
             kind, ohit = _objection(hits)
         vague = "cue:vague_next_step" in hits and "cue:closing" not in hits and "cue:closing_send" not in hits
-        if "cue:connection" in hits and i < 2 and "greeting" not in c:
-            c["greeting"] = hits["cue:connection"]   # "Алло?" opening the call
+        conn = hits.get("cue:connection", [])
+        # a bare "Алло?" / "Hello?" answering the phone opens the call; "алло, слышите меня?" is a
+        # connection check (null), and so is the reply to one
+        bare_hello = bool(conn) and all(h.evidence.lower().strip("?!., ") in ("алло", "hello") for h in conn)
+        opening_hello = bare_hello and i < 2 and not (prev is not None and prev.null_reason == "connection")
+        if opening_hello and "greeting" not in c:
+            c["greeting"] = conn
+        if conn and not opening_hello:
+            if "greeting" in c and (any_step or i >= 2 or not bare_hello) and \
+                    not any(_INTRO.search(h.evidence.lower()) or len(h.evidence.split()) > 1 for h in c["greeting"]):
+                del c["greeting"]                    # "Hello? Are you there?" mid-call
+            conn_words = sum(len(_WORD.findall(h.evidence)) for h in conn)
+            if len(words) - conn_words > 6 and c == {}:
+                conn = []                            # "... к выставке надо в марте ээ алло": content first
         null_hits = [k for k in NULL_CATS
-                     if f"cue:{k}" in hits and k != "service" and not (k == "connection" and i < 2)]
+                     if f"cue:{k}" in hits and k != "service" and not (k == "connection" and (opening_hello or not conn))]
+
         if not greeting_ok and any(len(h.evidence.split()) <= 4 and not _INTRO.search(h.evidence.lower())
                                    for h in _h(hits, "greeting")):
             null_hits.append("farewell")           # "have a good day" late in the call
         has_time = "cue:concrete_time" in hits
+        if "cue:farewell" in hits and "closing" in c and not has_time and short \
+                and all(_NOTED.match(h.evidence.strip()) for h in c["closing"]):
+            del c["closing"]                         # "записал, спасибо, до свидания": a goodbye
         if "greeting" in c and not any_step and sp != "client":
             # the opening turn: "Hello, X from Y, we make boxes" / "Seaview Hotel reservations, how may
             # I help?" is an introduction; one offer/next-step word does not outweigh it
             for st in ("presentation", "closing"):
                 if st in c and _n_distinct(c[st]) < 2 \
-                        and not (st == "closing" and is_question and has_time):
+                        and not (st == "closing" and is_question and has_time) \
+                        and not (st == "presentation" and any(ch.isdigit() for h in c[st] for ch in h.evidence)):
                     del c[st]
-        if "closing" in c and not closed and not has_time and "cue:closing_accept" not in hits \
+        if "closing" in c and not closed and not has_time \
+                and not any(not _in_question(text, h) for h in hits.get("cue:closing_accept", [])) \
                 and "cue:closing_send" not in hits:
             # rule 7: price / payment / contract questions before a decision are product Q&A,
             # and so is the manager's factual answer to such a question
-            if sp == "client" and is_question and not kind and all(_in_question(text, h) for h in c["closing"]):
+            if sp == "client" and is_question and not kind and all(_in_question(text, h) for h in c["closing"]) \
+                    and not any(_ACT_PROPOSAL.search(h.evidence) for h in c["closing"]):
                 c.setdefault("presentation", []).extend(c.pop("closing"))
             elif sp == "manager" and prev_sp == "client" and prev is not None \
-                    and prev.step == "presentation" and not is_question:
+                    and prev.step == "presentation" and not text.rstrip().endswith("?"):
                 c.setdefault("presentation", []).extend(c.pop("closing"))
         closing_hit = "closing" in c
         steps: list[str] = []
@@ -310,6 +380,8 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
                 steps = ["closing", "objection_handling"] + others
                 in_objection = False
             else:
+                if refusal:
+                    others = [s for s in others if s != "closing"]   # rule 8: with a refusal it is an objection
                 steps = ["objection_handling"] + others
                 in_objection = True
             tag.objection_kind, tag.objection_evidence = kind, ohit.evidence
@@ -319,11 +391,20 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
             tag.null_reason = "vague_next_step"         # rule 9: "будем на связи" is not a closing
             in_objection = False
         elif in_objection:
-            if null_hits and not c and short and not is_question:
+            if null_hits and not c and short and not is_question \
+                    and not (sp == "manager" and _OBJ_ACK.search(normalize_text(text))):
                 steps = []
                 in_objection = False
+            elif sp == "client" and is_question and "cue:product_question" in hits and not closing_hit:
+                # the client asks about the alternative offered: product Q&A again (a new step)
+                steps = ["presentation"]
+                in_objection = False
+            elif sp == "client" and prev is not None and prev_sp == "manager" and prev_q \
+                    and prev.steps[-1:] == ["needs_discovery"] and not c:
+                steps = ["needs_discovery"]         # answers the needs question the manager moved on to
+                in_objection = False
             elif sp == "client":
-                prev_close = prev is not None and "closing" in prev.steps
+                prev_close = prev is not None and prev.step == "closing"
                 accept = "cue:closing_accept" in hits or has_time or len(words) <= 2
                 if closing_hit or (prev_close and accept):
                     steps = ["closing"]
@@ -332,19 +413,46 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
                     steps = ["objection_handling"]
                     tag.inherited = True
             else:
-                if closing_hit and (has_time or is_question):
+                if closing_hit and (has_time or is_question or _CHANGE_MIND.search(normalize_text(text))):
                     # a direct ask or a dated next step moves the call on to closing
                     steps = ["closing", "objection_handling"]
                     in_objection = False
+                elif "needs_discovery" in c and is_question and not closing_hit and _SITUATION_Q.search(normalize_text(text)) \
+                        and max(h.pos for h in c["needs_discovery"]) >= max(h.pos for hs in c.values() for h in hs):
+                    # "... out of curiosity, how many shipments a week?": the answer moves on to discovery
+                    steps = ["objection_handling", "needs_discovery"]
+                elif closing_hit:
+                    # an undated next step inside the answer ("call me if you change your mind") still
+                    # counts at call level (steps_present / furthest_step)
+                    steps = ["objection_handling", "closing"]
                 else:
                     steps = ["objection_handling"]
+        elif sp == "client" and closed and prev is not None and prev.step == "closing" and short \
+                and "cue:closing_accept" in hits and not any(st in c for st in ("needs_discovery", "presentation")) \
+                and not ("cue:farewell" in hits and len(words) < 4):
+            steps = ["closing"]                       # "standard shipping is fine, thanks"
         else:
             if null_hits and not c and (short or null_hits != ["farewell"]):
                 tag.null_reason = null_hits[0]
-            elif "cue:navigation" in hits and not closing_hit:
+            elif "cue:navigation" in hits and not closing_hit and not (
+                    "greeting" in c and not any_step and _SELF_INTRO.search(text.lower())):
                 tag.null_reason = "navigation"
             elif c:
                 steps = _rank(c, hits)
+                if sp == "manager" and _OBJ_ANSWER.search(normalize_text(text)) and steps[0] != "closing":
+                    # "that's a valid concern, ..." answers an objection the client cues did not show
+                    steps.insert(0, "objection_handling")
+                    in_objection = True
+                if sp == "client" and not offered and steps[0] == "presentation" and "needs_discovery" in steps:
+                    # "I'm calling about the flat on Oak Street, is it still available?" before any offer
+                    steps.remove("needs_discovery")
+                    steps.insert(0, "needs_discovery")
+                if sp == "client" and closed and is_question and steps[0] == "presentation" \
+                        and prev is not None and prev_sp == "client" and prev.step == "closing":
+                    steps.insert(0, "closing")       # rule 7: shipping / payment questions after the decision
+                if sp == "manager" and prev_sp == "client" and prev is not None and prev.step == "closing" \
+                        and prev_q and steps[0] == "presentation" and "closing" not in steps:
+                    steps.insert(0, "closing")       # the terms asked for after the decision (rule 7)
                 if closed and "closing" in steps and steps[0] == "presentation" \
                         and len({h.evidence.lower() for h in c["presentation"]}) < 2:
                     steps.remove("closing")
@@ -363,6 +471,8 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
                     steps = ["presentation"]          # the manager answers a product question
                 elif prev.step != "greeting" and not (prev_sp == "client" and prev.step == "needs_discovery"):
                     steps = [prev.step]
+                elif prev.step == "greeting" and prev_sp == "client" and prev_q and i < 6:
+                    steps = ["greeting"]              # "Кто вы?" - "«ПромСнаб», Иван": the introduction
                 tag.inherited = True
         if steps:
             tag.steps = list(dict.fromkeys(steps))
@@ -376,5 +486,5 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
             if "presentation" in tag.steps:
                 offered = True
         out.append(tag)
-        prev, prev_sp = tag, sp
+        prev, prev_sp, prev_q = tag, sp, is_question
     return out
