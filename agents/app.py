@@ -18,6 +18,7 @@ from config.settings import Settings
 from models.events import CallFlagged, CallRecorded, CallTagged, CallTranscribed, DeadLetter
 
 log = logging.getLogger("callqa.agents")
+STALL_S = 20.0
 
 
 def _call_id(raw: bytes) -> Optional[str]:
@@ -182,6 +183,39 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                 await in_db(mark_failed, DeadLetter.model_validate_json(raw))
             except Exception:
                 log.exception("could not record a dead letter in the database (it stays in %s)", s.topic_dlq)
+
+    stalled: dict = {}
+
+    @app.timer(interval=5.0)
+    async def unstick_partitions():
+        # faust-streaming#629: after quick successive rebalances a partition can stay assigned but
+        # never be fetched again, so its calls would wait forever. A partition with records past its
+        # committed offset, nothing of it in flight, and no commit for STALL_S is re-seeked to its
+        # committed offset (at-least-once; every stage is idempotent, so a re-read is harmless).
+        consumer = app.consumer
+        if app.rebalancing or app.in_recovery or consumer is None:
+            stalled.clear()
+            return
+        tps = [tp for tp in consumer.assignment() if not consumer._is_changelog_tp(tp)]
+        if not tps:
+            return
+        ends = await consumer.highwaters(*tps)
+        busy = {m.tp for m in list(consumer._unacked_messages)}
+        now = asyncio.get_running_loop().time()
+        for tp in tps:
+            committed = consumer._committed_offset.get(tp)
+            if (ends.get(tp) or 0) <= (committed or 0) or tp in busy:
+                stalled.pop(tp, None)
+                continue
+            since, seen = stalled.get(tp, (now, committed))
+            if seen != committed:
+                since = now
+            stalled[tp] = (since, committed)
+            if now - since >= STALL_S:
+                log.warning("%s[%d] has records after offset %s but is not being fetched; seeking back to it",
+                            tp.topic, tp.partition, committed)
+                await consumer.seek(tp, committed or 0)
+                stalled.pop(tp, None)
 
     app.callqa_agents = dict(transcribe=transcribe, tag=tag, store=store,  # type: ignore[attr-defined]
                              manager_stats=manager_stats, record_failure=record_failure)

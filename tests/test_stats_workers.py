@@ -43,9 +43,10 @@ def changelog_state(bootstrap: str, topic: str) -> dict[str, stats.ManagerStats]
     return {k: stats.ManagerStats.from_dict(v) for k, v in latest.items() if v}
 
 
-def test_two_workers_one_stops_stats_stay_exact(kafka_bootstrap, tmp_path):
-    a = WorkerProcess(kafka_bootstrap, tmp_path, [tmp_path])
-    b = WorkerProcess(kafka_bootstrap, tmp_path, [tmp_path], app_id=a.app_id)
+def test_two_workers_one_stops_stats_stay_exact(kafka_bootstrap, tmp_path, db_url):
+    # db_url: SQLite and a real PostgreSQL, both written by two worker processes at once
+    a = WorkerProcess(kafka_bootstrap, tmp_path, [tmp_path], db_url=db_url)
+    b = WorkerProcess(kafka_bootstrap, tmp_path, [tmp_path], app_id=a.app_id, db_url=db_url)
     b.topics, b.env = a.topics, a.env
     a.start()
     b.start()
