@@ -71,8 +71,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
     # Plain JSON values (no key_type/value_type): Faust would call dict.from_data() during recovery
     # and silently stall it.
     stats_table = app.Table("manager-stats", default=None, partitions=s.topic_partitions,
-                            schema=faust.Schema(key_serializer="json",
-                                                value_serializer="json"))
+                            schema=faust.Schema(key_serializer="json", value_serializer="json"))
 
     if transcriber is None:
         from pipeline.transcribe import CallTranscriber
@@ -172,8 +171,19 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
             ms = ManagerStats.from_dict(current) if current else ManagerStats(ev.manager_id)
             if ms.apply(outcome_from_tagged(ev)):
                 stats_table[ev.manager_id] = ms.to_dict()
-            # mirrored even when unchanged: a crash between the table write and SQL is healed by the replay
-            await in_db(mirror_manager_stats, ms)
+            # mirrored even when unchanged: a crash between the table write and SQL is healed by the replay.
+            # Retried: with two workers, the other one's store agent can insert the manager's row between
+            # our read and our insert (IntegrityError on managers), and an exception here would crash the
+            # agent and stop the statistics of its partitions for good (bench/pipeline.py --two-workers).
+            for attempt in range(5):
+                try:
+                    await in_db(mirror_manager_stats, ms)
+                    break
+                except Exception:
+                    if attempt == 4:  # the table stays right; the mirror heals on this manager's next call
+                        log.exception("could not mirror the statistics of manager %s to SQL", ms.manager_id)
+                        break
+                    await asyncio.sleep(0.25 * 2 ** attempt)
 
     @app.agent(dlq)
     async def record_failure(stream):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Optional
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from models.events import CallRecorded, CallTagged, DeadLetter
@@ -38,6 +38,11 @@ def _call_row(session: Session, ev: CallRecorded) -> Call:
     return call
 
 
+def _insert(session: Session, table, rows: list[dict]) -> None:
+    if rows:
+        session.execute(insert(table.__table__), rows)
+
+
 def store_tagged(session: Session, ev: CallTagged) -> list[str]:
     """Replace everything stored for ev.call_id with ev (a replay stores nothing twice).
 
@@ -59,21 +64,22 @@ def store_tagged(session: Session, ev: CallTagged) -> list[str]:
     for table in (SegmentRow, CallStep, ObjectionRow, FlagRow):
         session.execute(delete(table).where(table.call_id == ev.call_id))
     tags = {t.segment: t for t in ev.utterance_tags}
-    session.add_all(
-        SegmentRow(call_id=ev.call_id, idx=i, speaker=s.speaker, start=s.start, end=s.end, text=s.text,
-                   avg_logprob=s.avg_logprob, step=tags[i].step if i in tags else None,
-                   evidence=tags[i].evidence if i in tags else None)
-        for i, s in enumerate(ev.segments))
-    session.add_all(
-        CallStep(call_id=ev.call_id, step=step, present=r.present, first_at=r.first_at, quality=r.quality,
-                 reasons=r.reasons)
-        for step, r in ev.steps.items())
-    session.add_all(
-        ObjectionRow(call_id=ev.call_id, idx=i, text=o.text, kind=o.kind, answered=o.answered, at=o.at,
-                     answer=o.answer)
-        for i, o in enumerate(ev.objections))
-    session.add_all(FlagRow(call_id=ev.call_id, idx=i, code=f.code, detail=f.detail, at=f.at)
-                    for i, f in enumerate(ev.flags))
+    # Core bulk inserts (one executemany per table): the ORM unit of work per row was the larger part of
+    # the store stage's cost (bench/pipeline.py).
+    _insert(session, SegmentRow, [
+        dict(call_id=ev.call_id, idx=i, speaker=s.speaker, start=s.start, end=s.end, text=s.text,
+             avg_logprob=s.avg_logprob, step=tags[i].step if i in tags else None,
+             evidence=tags[i].evidence if i in tags else None)
+        for i, s in enumerate(ev.segments)])
+    _insert(session, CallStep, [
+        dict(call_id=ev.call_id, step=step, present=r.present, first_at=r.first_at, quality=r.quality,
+             reasons=r.reasons)
+        for step, r in ev.steps.items()])
+    _insert(session, ObjectionRow, [
+        dict(call_id=ev.call_id, idx=i, text=o.text, kind=o.kind, answered=o.answered, at=o.at, answer=o.answer)
+        for i, o in enumerate(ev.objections)])
+    _insert(session, FlagRow, [dict(call_id=ev.call_id, idx=i, code=f.code, detail=f.detail, at=f.at)
+                               for i, f in enumerate(ev.flags)])
     return sorted({f.code for f in ev.flags} - before)
 
 
@@ -134,10 +140,11 @@ def mirror_manager_stats(session: Session, ms: stats.ManagerStats) -> None:
     session.execute(delete(ManagerStageStat).where(ManagerStageStat.manager_id == ms.manager_id))
     session.execute(delete(ManagerObjectionStat).where(ManagerObjectionStat.manager_id == ms.manager_id))
     now = utcnow()
+    rows = []
     for period, steps in ms.totals.items():
         for step, c in steps.items():
             occurred = int(c["occurred"])
-            session.add(ManagerStageStat(
+            rows.append(dict(
                 manager_id=ms.manager_id, step=step, period=period, calls=int(c["calls"]), occurred=occurred,
                 quality_passed=int(c["quality_passed"]), reached_next=int(c["reached_next"]),
                 scored=int(c["scored"]), score_sum=float(c["score_sum"]),
@@ -145,11 +152,10 @@ def mirror_manager_stats(session: Session, ms: stats.ManagerStats) -> None:
                 pass_rate=c["quality_passed"] / occurred if occurred else None,
                 conversion=c["reached_next"] / occurred if occurred else None,
                 score=c["score_sum"] / c["scored"] if c["scored"] else None, updated_at=now))
-    for period, kinds in ms.objections.items():
-        for kind, (raised, answered) in kinds.items():
-            if raised:
-                session.add(ManagerObjectionStat(manager_id=ms.manager_id, kind=kind, period=period,
-                                                 raised=raised, answered=answered, updated_at=now))
+    _insert(session, ManagerStageStat, rows)
+    _insert(session, ManagerObjectionStat, [
+        dict(manager_id=ms.manager_id, kind=kind, period=period, raised=raised, answered=answered, updated_at=now)
+        for period, kinds in ms.objections.items() for kind, (raised, answered) in kinds.items() if raised])
 
 
 def mirrored_stats(session: Session) -> dict[str, stats.ManagerStats]:

@@ -119,7 +119,10 @@ def assert_stats_match_stored_calls(w: WorkerProcess, events: dict[str, CallTran
 
 
 class PacedPublisher(threading.Thread):
-    """Publishes events one by one (acks=all), `interval_s` apart, in the background."""
+    """Publishes events one by one (acks=all), `interval_s` apart, in the background. Short timeouts
+    and no retries: when the broker dies it stops, and `published` counts the events the broker
+    acknowledged (an unacknowledged one may still have been written: publishing it again later is a
+    duplicate on the topic, which the pipeline must absorb)."""
 
     def __init__(self, bootstrap: str, topic: str, events: list[CallTranscribed], interval_s: float):
         super().__init__(daemon=True)
@@ -128,14 +131,23 @@ class PacedPublisher(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        from kafka import KafkaProducer
         try:
-            with Publisher(self.bootstrap, self.topic) as pub:
-                for ev in self.events:
-                    pub.publish_raw(ev.call_id, ev.model_dump_json().encode())
-                    self.published += 1
-                    time.sleep(self.interval_s)
-        except BaseException as e:  # reported by the test
+            producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", retries=0,
+                                     max_block_ms=3000, request_timeout_ms=3000,
+                                     max_in_flight_requests_per_connection=1)
+        except BaseException as e:
             self.error = e
+            return
+        try:
+            for ev in self.events:
+                producer.send(self.topic, key=ev.call_id.encode(), value=ev.model_dump_json().encode()).get(5)
+                self.published += 1
+                time.sleep(self.interval_s)
+        except BaseException as e:  # the broker went away: reported to the test
+            self.error = e
+        finally:
+            producer.close(timeout=2)
 
 
 def test_worker_killed_mid_run_loses_and_duplicates_nothing(kafka_bootstrap, tmp_path):
@@ -150,7 +162,7 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(kafka_bootstrap, tmp
             pub.publish_raw(ids[0], events[ids[0]].model_dump_json().encode())
         wait_stored(w1, ids[:1], 1, timeout_s=180)
 
-        feeder = PacedPublisher(kafka_bootstrap, w1.topics["transcribed"], list(events.values())[1:], 0.05)
+        feeder = PacedPublisher(kafka_bootstrap, w1.topics["transcribed"], list(events.values())[1:], 0.02)
         feeder.start()
         stored_at_kill = wait_stored(w1, ids, 10, timeout_s=60)
         w1.stop(kill=True)  # kill -9 while events are arriving and being tagged and stored
@@ -189,11 +201,12 @@ def test_broker_restart_mid_run_loses_and_duplicates_nothing(tmp_path):
             pub.publish_raw(ids[0], events[ids[0]].model_dump_json().encode())
         wait_stored(w, ids[:1], 1, timeout_s=180)
 
-        feeder = PacedPublisher(broker.bootstrap, w.topics["transcribed"], before[1:], 0.05)
+        feeder = PacedPublisher(broker.bootstrap, w.topics["transcribed"], before[1:], 0.02)
         feeder.start()
         stored_at_stop = wait_stored(w, ids, 10, timeout_s=60)
         broker.stop(kill=True)  # the broker dies (kill -9) in the middle of the run
-        feeder.join(timeout=120)
+        feeder.join(timeout=30)
+        assert not feeder.is_alive()
         published_before = 1 + feeder.published
         print(f"broker killed with {stored_at_stop} stored, {published_before} published")
         time.sleep(5)  # the worker sees the broker gone (connection refused) for a while

@@ -1,0 +1,379 @@
+"""Pipeline benchmarks through a real Kafka broker and a real `callqa worker` process.
+
+(a) Non-ASR throughput: N CallTranscribed events (the dev dialogues of tests/data/tagging_dev.jsonl,
+    cycled, with word timestamps like the ASR stage emits) published to the worker's `transcribed`
+    topic; calls/s until every call is stored (tag + store), and until the live statistics of all of
+    them are mirrored to SQL. For context, the per-call cost of each agent's work measured in this
+    process, without Kafka.
+(b) Latency: one 60 s stereo call (synth_call_en_8k_stereo.wav) published as CallRecorded; seconds
+    from the publish to the call stored and to its manager's statistics mirrored. "cold" = the first
+    call after the worker is ready (includes starting the ASR processes and loading the model),
+    "warm" = the following calls.
+
+Run:  .venv/bin/python bench/pipeline.py [--calls 2000] [--warm 3] [--write-readme]
+It starts its own broker (or uses --bootstrap), and a worker with default settings (faster-whisper
+base int8, 2 ASR processes, SQLite) in a temporary CALLQA_HOME.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sqlalchemy import func, select  # noqa: E402
+
+from models.events import CallRecorded, CallTagged, CallTranscribed  # noqa: E402
+from models.tables import Call, ManagerStageStat  # noqa: E402
+from tests.helpers import SHARED, WorkerProcess  # noqa: E402
+from tests.test_resilience import transcribed_event  # noqa: E402
+
+README = REPO / "bench" / "README.md"
+START, END = "<!-- pipeline:start -->", "<!-- pipeline:end -->"
+STEREO = SHARED / "audio" / "synthetic" / "synth_call_en_8k_stereo.wav"
+TP_MANAGERS = [f"tp-mgr-{i:02d}" for i in range(20)]
+
+
+def with_words(ev: CallTranscribed) -> CallTranscribed:
+    """Add word timestamps, as the ASR stage does (they travel through tag and store)."""
+    data = ev.model_dump(mode="json")
+    for seg in data["segments"]:
+        words = seg["text"].split()
+        step = (seg["end"] - seg["start"]) / max(1, len(words))
+        seg["words"] = [{"start": round(seg["start"] + i * step, 2), "end": round(seg["start"] + (i + 1) * step, 2),
+                         "word": " " + w, "probability": 0.9} for i, w in enumerate(words)]
+    return CallTranscribed.model_validate(data)
+
+
+def tp_events(n: int, prefix: str) -> list[CallTranscribed]:
+    return [with_words(transcribed_event(i, prefix, TP_MANAGERS)) for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------- in-process
+
+def in_process_costs(n: int, workdir: Path) -> dict[str, float]:
+    """ms per call of each agent's work without Kafka: tag, store, statistics (table value + SQL mirror)."""
+    from models.db import session_factory
+    from pipeline.stats import ManagerStats, outcome_from_tagged
+    from pipeline.store import mirror_manager_stats, store_tagged
+    from pipeline.tagging import load_rules
+    from pipeline.tagging.retag import retag
+
+    rules = load_rules()
+    raws = [ev.model_dump_json().encode() for ev in tp_events(n, "ip")]
+
+    def tag(raw: bytes) -> bytes:
+        # what the worker's tag agent does (agents/app.py: retag)
+        return retag(CallTranscribed.model_validate_json(raw), rules).model_dump_json().encode()
+
+    for raw in raws[:20]:  # warm the lemma caches
+        tag(raw)
+    t = time.perf_counter()
+    tagged = [tag(raw) for raw in raws]
+    tag_ms = (time.perf_counter() - t) * 1000 / n
+
+    sessions = session_factory(f"sqlite:///{workdir / 'inproc.db'}")
+    t = time.perf_counter()
+    for raw in tagged:
+        ev = CallTagged.model_validate_json(raw)
+        with sessions.begin() as s:
+            store_tagged(s, ev)
+    store_ms = (time.perf_counter() - t) * 1000 / n
+
+    table: dict[str, dict] = {}
+    t = time.perf_counter()
+    mirror_s = 0.0
+    for raw in tagged:
+        ev = CallTagged.model_validate_json(raw)
+        cur = table.get(ev.manager_id)
+        ms = ManagerStats.from_dict(cur) if cur else ManagerStats(ev.manager_id)
+        ms.apply(outcome_from_tagged(ev))
+        table[ev.manager_id] = json.loads(json.dumps(ms.to_dict()))  # the changelog's JSON round trip
+        t1 = time.perf_counter()
+        with sessions.begin() as s:
+            mirror_manager_stats(s, ms)
+        mirror_s += time.perf_counter() - t1
+    stats_ms = (time.perf_counter() - t) * 1000 / n
+    return {"tag": tag_ms, "store": store_ms, "stats": stats_ms, "mirror": mirror_s * 1000 / n,
+            "event_kb": sum(map(len, tagged)) / n / 1024}
+
+
+# ---------------------------------------------------------------------------------------------- worker
+
+def wait_ready(w: WorkerProcess, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while "[^Worker]: Ready" not in (w.log.read_text(errors="replace") if w.log.exists() else ""):
+        if w.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker not ready: {w.log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.2)
+
+
+def stored(w: WorkerProcess, prefix: str) -> int:
+    with w.sessions() as s:
+        return s.scalar(select(func.count()).select_from(Call)
+                        .where(Call.call_id.like(f"{prefix}-%"), Call.status == "tagged")) or 0
+
+
+def mirrored_calls(w: WorkerProcess, managers: list[str]) -> int:
+    with w.sessions() as s:
+        return s.scalar(select(func.coalesce(func.sum(ManagerStageStat.calls), 0))
+                        .where(ManagerStageStat.manager_id.in_(managers), ManagerStageStat.period == "all",
+                               ManagerStageStat.step == "greeting")) or 0
+
+
+def latency_call(w: WorkerProcess, pub, call_id: str, manager: str, timeout_s: float = 300) -> dict:
+    ev = CallRecorded(call_id=call_id, manager_id=manager, manager_name=manager, team_id="bench", language="en",
+                      recording_url=STEREO.as_uri(), channels={"layout": "stereo", "manager_channel": 0},
+                      started_at=datetime(2026, 11, 2, 10, 0, tzinfo=timezone.utc))
+    t0 = time.perf_counter()
+    pub.publish(ev)
+    t_stored = None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with w.sessions() as s:
+            call = s.get(Call, call_id)
+            if t_stored is None and call is not None and call.status in ("tagged", "failed"):
+                if call.status == "failed":
+                    raise RuntimeError(f"{call_id} failed: {call.error}")
+                t_stored = time.perf_counter() - t0
+                asr = dict(call.asr)
+            has_stats = s.scalar(select(func.count()).select_from(ManagerStageStat)
+                                 .where(ManagerStageStat.manager_id == manager)) or 0
+        if t_stored is not None and has_stats:
+            return {"stored_s": t_stored, "stats_s": time.perf_counter() - t0, "asr_wall_s": asr["wall_s"],
+                    "audio_s": asr["audio_s"]}
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{call_id} not done in {timeout_s}s: {w.log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.05)
+
+
+def throughput(w: WorkerProcess, bootstrap: str, n: int, workers: list[WorkerProcess] | None = None) -> dict:
+    """w: the worker whose topics and database are used; workers: every process of the group (default [w])."""
+    workers = workers or [w]
+    from kafka import KafkaProducer
+
+    events = tp_events(n, "tp")
+    raws = [(ev.call_id.encode(), ev.model_dump_json().encode()) for ev in events]
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024,
+                             max_request_size=8 * 1024 * 1024)
+    t0 = time.perf_counter()
+    wall0 = datetime.now(timezone.utc)
+    for key, value in raws:
+        producer.send(w.topics["transcribed"], key=key, value=value)
+    producer.flush()
+    publish_s = time.perf_counter() - t0
+    producer.close()
+    t_stored = t_stats = None
+    deadline = time.monotonic() + max(600, n)
+    stats_deadline = None
+    while t_stats is None:
+        if t_stored is None and stored(w, "tp") >= n:
+            t_stored = time.perf_counter() - t0
+            stats_deadline = time.monotonic() + 120
+        if t_stored is not None and mirrored_calls(w, TP_MANAGERS) >= n:
+            t_stats = time.perf_counter() - t0
+        if stats_deadline is not None and time.monotonic() > stats_deadline:
+            print(f"statistics stalled: {mirrored_calls(w, TP_MANAGERS)} of {n} calls mirrored 120 s after "
+                  "the last was stored", file=sys.stderr)
+            t_stats = float("nan")
+            break
+        if any(x.proc.poll() is not None for x in workers) or time.monotonic() > deadline:
+            raise RuntimeError(f"throughput run did not finish: {stored(w, 'tp')}/{n} stored, "
+                               f"{mirrored_calls(w, TP_MANAGERS)} in stats; {w.log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    with w.sessions() as s:
+        times = sorted(t for (t,) in s.execute(select(Call.updated_at).where(Call.call_id.like("tp-%"))))
+    times = [t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t for t in times]
+    i10, i90 = int(0.1 * n), int(0.9 * n) - 1
+    steady = (i90 - i10) / max(1e-9, (times[i90] - times[i10]).total_seconds())
+    return {"n": n, "workers": len(workers), "publish_s": publish_s, "stored_s": t_stored, "stats_s": t_stats,
+            "first_stored_s": (times[0] - wall0).total_seconds(),
+            "stored_rate": n / t_stored, "stats_rate": n / t_stats, "steady_rate": steady}
+
+
+def two_workers(bootstrap: str, home: Path, n: int) -> dict:
+    a = WorkerProcess(bootstrap, home, [home])
+    b = WorkerProcess(bootstrap, home, [home], app_id=a.app_id)
+    b.topics, b.env = a.topics, a.env
+    a.start()
+    b.start()
+    try:
+        wait_ready(a)
+        wait_ready(b)
+        time.sleep(5)  # let the group settle on one assignment
+        from callqa.publisher import Publisher
+        with Publisher(bootstrap, a.topics["transcribed"]) as pub:
+            warm = [with_words(transcribed_event(i, "tpwarm", TP_MANAGERS)) for i in range(16)]
+            for ev in warm:
+                pub.publish_raw(ev.call_id, ev.model_dump_json().encode())
+        a.wait_for_calls([ev.call_id for ev in warm], timeout_s=180, statuses=("tagged",))
+        print(f"throughput, two workers: {n} calls...", file=sys.stderr)
+        tp = throughput(a, bootstrap, n, [a, b])
+        print(json.dumps(tp), file=sys.stderr)
+        return tp
+    finally:
+        a.stop()
+        b.stop()
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def fmt_table(tp: dict, tp2: dict | None, ip: dict, cold: dict, warm: list[dict], seconds: float) -> str:
+    wm = {k: statistics.median(x[k] for x in warm) for k in warm[0]} if warm else None
+    cpu = os.cpu_count()
+    lines = [
+        "## Pipeline",
+        "",
+        f"`bench/pipeline.py` (run: `.venv/bin/python bench/pipeline.py --calls {tp['n']}"
+        f"{' --two-workers' if tp2 else ''} --write-readme`). One run on "
+        f"{cpu} CPU cores **shared with other work** (a CI run and other sessions were using the same cores, so the "
+        "numbers are noisy and on the low side), a real Kafka 3.9.1 broker (KRaft, local) and one `callqa worker` "
+        "process with the default settings (faster-whisper base int8, 2 ASR processes, SQLite in WAL mode). "
+        f"Python {platform.python_version()}.",
+        "",
+        "### (a) Non-ASR path: tag + store + live statistics through Kafka",
+        "",
+        f"{tp['n']} `CallTranscribed` events (the 30 dev dialogues of `tests/data/tagging_dev.jsonl` cycled, en and ru, "
+        f"7-17 turns, with word timestamps as the ASR stage emits them; {len(TP_MANAGERS)} managers) published at once "
+        "to the worker's `transcribed` topic (acks=all) after a warm-up call. The clock starts at the first publish.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| publishing {tp['n']} events (acks=all) | {tp['publish_s']:.2f} s |",
+        f"| first call stored after | {tp['first_stored_s']:.2f} s |",
+        f"| all {tp['n']} calls stored (tag + store) | {tp['stored_s']:.1f} s → **{tp['stored_rate']:.0f} calls/s** |",
+        f"| steady rate (10th → 90th percentile stored) | {tp['steady_rate']:.0f} calls/s |",
+        f"| all {tp['n']} calls counted in the SQL mirror of the statistics | {tp['stats_s']:.1f} s → "
+        f"**{tp['stats_rate']:.0f} calls/s** |",
+        "| target (design.md) | ≥ 200 calls/s on 2 cores |",
+        "",
+    ]
+    if tp2:
+        lines += [
+            f"Two worker processes (same consumer group, same SQLite file), the same {tp2['n']} events: all stored in "
+            f"{tp2['stored_s']:.1f} s → **{tp2['stored_rate']:.0f} calls/s** (steady {tp2['steady_rate']:.0f}), "
+            f"statistics mirrored after {tp2['stats_s']:.1f} s → {tp2['stats_rate']:.0f} calls/s.",
+            "",
+        ]
+    lines += [
+        f"Per-call cost of each agent's work measured in-process (no Kafka, one core, {ip['n']} calls, tagged event "
+        f"≈ {ip['event_kb']:.1f} KB of JSON):",
+        "",
+        "| agent work | ms / call | calls/s if alone |",
+        "|---|---|---|",
+        f"| tag: parse CallTranscribed, `retag` (`tag_call` + building CallTagged), serialise | {ip['tag']:.2f} | {1000 / ip['tag']:.0f} |",
+        f"| store: parse CallTagged, `store_tagged` in one SQLite transaction | {ip['store']:.2f} | {1000 / ip['store']:.0f} |",
+        f"| statistics: parse, `ManagerStats.apply`, JSON round trip, `mirror_manager_stats` transaction "
+        f"(of which the mirror: {ip['mirror']:.2f}) | {ip['stats']:.2f} | {1000 / ip['stats']:.0f} |",
+        f"| sum (one core) | {ip['tag'] + ip['store'] + ip['stats']:.2f} | "
+        f"{1000 / (ip['tag'] + ip['store'] + ip['stats']):.0f} |",
+        "",
+        "### (b) Latency: one 60 s stereo call, event to stored statistics",
+        "",
+        f"`{STEREO.name}` ({cold['audio_s']:.0f} s, 8 kHz stereo, en) published as `CallRecorded`; seconds from the "
+        "publish to the call stored, and to its manager's row in `manager_stage_stats`. Cold: the first call after "
+        "the worker reported ready (the ASR processes start and load the model on the first call). Warm: the "
+        f"following {len(warm)} calls, one at a time (median).",
+        "",
+        "| call | ASR wall (both channels) | event → stored | event → stored stats | target |",
+        "|---|---|---|---|---|",
+        f"| cold (first call) | {cold['asr_wall_s']:.1f} s | {cold['stored_s']:.1f} s | {cold['stats_s']:.1f} s | – |",
+    ]
+    if wm:
+        lines.append(f"| warm (median of {len(warm)}) | {wm['asr_wall_s']:.1f} s | {wm['stored_s']:.1f} s | "
+                     f"**{wm['stats_s']:.1f} s** | < 10 s on 2 cores (base, int8) |")
+        lines.append("")
+        lines.append("Warm runs: " + ", ".join(f"{x['stats_s']:.1f} s" for x in warm) + ".")
+    if seconds:
+        lines += ["", f"_Benchmark ran in {seconds:.0f} s._"]
+    return "\n".join(lines)
+
+
+def write_readme(section: str) -> None:
+    text = README.read_text(encoding="utf-8")
+    block = f"{START}\n{section}\n{END}"
+    if START in text and END in text:
+        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    README.write_text(text, encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--calls", type=int, default=2000, help="events in the throughput run")
+    ap.add_argument("--inproc", type=int, default=300, help="calls for the in-process cost measurement")
+    ap.add_argument("--warm", type=int, default=3, help="warm latency calls")
+    ap.add_argument("--bootstrap", help="an existing broker (default: start a local one)")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--two-workers", action="store_true",
+                    help="also run the throughput test with two worker processes (same group, same database)")
+    ap.add_argument("--write-readme", action="store_true", help="replace the Pipeline section of bench/README.md")
+    ap.add_argument("--json", help="also write the raw numbers here")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+
+    broker = None
+    with tempfile.TemporaryDirectory(prefix="callqa-bench-") as tmp:
+        tmp = Path(tmp)
+        print(f"in-process costs ({args.inproc} calls)...", file=sys.stderr)
+        ip = in_process_costs(args.inproc, tmp)
+        ip["n"] = args.inproc
+        print(json.dumps(ip), file=sys.stderr)
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            from callqa.broker import LocalBroker
+            broker = LocalBroker(workdir=tmp / "kafka").start(log=lambda m: print(m, file=sys.stderr))
+            bootstrap = broker.bootstrap
+        w = WorkerProcess(bootstrap, tmp / "worker", [SHARED / "audio"], extra_env={"HF_HUB_OFFLINE": "1"})
+        w.start()
+        try:
+            from callqa.publisher import Publisher
+            wait_ready(w)
+            cold, warm = None, []
+            with Publisher(bootstrap, w.topics["recorded"]) as pub:
+                if not args.skip_latency:
+                    print("latency: cold call...", file=sys.stderr)
+                    cold = latency_call(w, pub, "lat-cold", "lat-mgr-cold")
+                    print(json.dumps(cold), file=sys.stderr)
+                    for i in range(args.warm):
+                        warm.append(latency_call(w, pub, f"lat-warm-{i}", f"lat-mgr-warm-{i}"))
+                        print(json.dumps(warm[-1]), file=sys.stderr)
+            # warm-up of the non-ASR path, then the throughput run
+            with Publisher(bootstrap, w.topics["transcribed"]) as pub:
+                ev = with_words(transcribed_event(0, "tpwarm", TP_MANAGERS))
+                pub.publish_raw(ev.call_id, ev.model_dump_json().encode())
+            w.wait_for_calls([ev.call_id], timeout_s=120, statuses=("tagged",))
+            print(f"throughput: {args.calls} calls...", file=sys.stderr)
+            tp = throughput(w, bootstrap, args.calls)
+            print(json.dumps(tp), file=sys.stderr)
+            w.stop()
+            tp2 = two_workers(bootstrap, tmp / "two", args.calls) if args.two_workers else None
+        finally:
+            w.stop()
+            if broker is not None:
+                broker.stop()
+    section = fmt_table(tp, tp2, ip, cold or {"asr_wall_s": 0, "stored_s": 0, "stats_s": 0, "audio_s": 0}, warm,
+                        time.perf_counter() - started)
+    print(section)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"throughput": tp, "throughput_two_workers": tp2, "in_process": ip, "cold": cold, "warm": warm},
+                                              indent=2))
+    if args.write_readme:
+        write_readme(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
