@@ -28,10 +28,14 @@ def demo_events(recordings: Path) -> list:
     return events
 
 
-def _progress(done: int, total: int, started: float) -> None:
-    bar = "#" * int(30 * done / total) + "-" * (30 - int(30 * done / total))
-    sys.stdout.write(f"\r  [{bar}] {done}/{total} calls processed, {time.monotonic() - started:5.0f}s")
-    sys.stdout.flush()
+def _progress(done: int, total: int, started: float, last: list) -> None:
+    if sys.stdout.isatty():
+        bar = "#" * int(30 * done / total) + "-" * (30 - int(30 * done / total))
+        sys.stdout.write(f"\r  [{bar}] {done}/{total} calls processed, {time.monotonic() - started:5.0f}s")
+        sys.stdout.flush()
+    elif done != last[0]:  # a log file or CI: one line per change, not one per second
+        print(f"  {done}/{total} calls processed, {time.monotonic() - started:.0f}s", flush=True)
+    last[0] = done
 
 
 def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
@@ -77,6 +81,7 @@ def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
         ids = [e.call_id for e in events]
         started = time.monotonic()
         done = 0
+        last = [-1]
         while done < len(ids):
             if worker.poll() is not None:
                 print(f"\ncallqa: error: the worker stopped (exit {worker.returncode}); see {log_path}",
@@ -89,7 +94,7 @@ def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
             with sessions() as session:
                 done = len(session.scalars(select(Call.call_id).where(
                     Call.call_id.in_(ids), Call.status.in_(("tagged", "failed")))).all())
-            _progress(done, len(ids), started)
+            _progress(done, len(ids), started, last)
             time.sleep(1.0)
         print()
         with sessions() as session:
