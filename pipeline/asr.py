@@ -243,12 +243,7 @@ class TimeMap:
         word of a region back into the silence before it)."""
         if not self.pieces:
             return t
-        idx = 0
-        for i, piece in enumerate(self.pieces):
-            if piece[0] <= t:
-                idx = i
-            else:
-                break
+        idx = self.piece_of(t)
         c0, o0, n = self.pieces[idx]
         off = t - c0
         if off < 0:  # before the first region
