@@ -175,8 +175,7 @@ def cmd_retag(args, s: Settings) -> int:
             if of != nf:
                 diff.append(f"flags {','.join(of) or '-'} -> {','.join(nf) or '-'}")
             os_, ns = ({k: (v.present, v.quality) for k, v in ev.steps.items()} for ev in (old, new))
-            diff += [f"{k} {os_.get(k)} -> {ns.get(k)}" for k in ns if os_.get(k) != ns.get(k)
-                     and "furthest" not in k][:3]
+            diff += [f"{k} {os_.get(k)} -> {ns.get(k)}" for k in ns if os_.get(k) != ns.get(k)][:3]
             if old.model_dump(include={"utterance_tags", "steps", "objections", "flags", "furthest_step"}) != \
                     new.model_dump(include={"utterance_tags", "steps", "objections", "flags", "furthest_step"}):
                 changed.append((new, diff or ["utterance tags"]))

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from models.events import STEPS
 from models.tables import Call, FlagRow, Manager, ObjectionRow, Review, SegmentRow
 from pipeline import stats
-from pipeline.store import load_outcomes
+from pipeline.store import _aware, load_outcomes
 
 SHORT = {"greeting": "Greet", "needs_discovery": "Needs", "presentation": "Pres",
          "objection_handling": "Object", "closing": "Close"}
@@ -43,10 +43,6 @@ class Scope:
 
 def _r(v: Optional[float], n: int = 3) -> Optional[float]:
     return None if v is None else round(v, n)
-
-
-def _aware(dt: Optional[datetime]) -> Optional[datetime]:
-    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
 
 
 def _names(session: Session) -> dict[str, Optional[str]]:

@@ -17,7 +17,7 @@ from callqa import report as rp
 from config.settings import Settings
 from models.db import session_factory
 from models.events import STEPS
-from models.tables import Call, FlagRow, ObjectionRow, SegmentRow
+from models.tables import Call, FlagRow, ObjectionRow, Review, SegmentRow
 from pipeline.store import record_review
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
@@ -90,7 +90,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             objs = db.scalars(select(ObjectionRow).where(ObjectionRow.call_id == call_id)
                               .order_by(ObjectionRow.idx)).all()
             steps = (c.event or {}).get("steps", {})
-            reviews = {f["flag"]: f for f in rp.flagged_rows(db) if f["call_id"] == call_id}
+            reviews = {r.flag_code: {"review": r.verdict}
+                       for r in db.scalars(select(Review).where(Review.call_id == call_id))}
         return page(request, "call.html", c=c, segs=segs, flags=flags, objs=objs, call_steps=steps,
                     reviews=reviews, audio=_local_audio(c.recording_url, s) is not None)
 
