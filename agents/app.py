@@ -1,8 +1,13 @@
-"""The Faust app: three agents chained by topics, plus the dead-letter mirror.
+"""The Faust app: agents chained by topics, plus the dead-letter mirror.
+
+    calls.recorded -> transcribe -> calls.transcribed -> tag -> calls.tagged -> store -> SQL
+    store -> calls.stored (key: manager_id) -> manager_stats -> Faust table + SQL mirror
+    store -> outbox (same transaction) -> calls.flagged, and retractions on calls.stored
 
 Agents stay thin: decode the event, call a pipeline function, emit the result.
 Anything that fails becomes a DeadLetter on calls.dlq (original event, stage,
-reason) and the worker carries on with the next event.
+reason) and the worker carries on with the next event. The statistics count
+only what the store kept: a call the store refused never reaches them.
 """
 from __future__ import annotations
 
@@ -10,15 +15,17 @@ import asyncio
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from typing import Optional
 
 import faust
 
 from config.settings import Settings
-from models.events import CallFlagged, CallRecorded, CallTagged, CallTranscribed, DeadLetter
+from models.events import CallRecorded, CallTagged, CallTranscribed, DeadLetter, StatsUpdate
 
 log = logging.getLogger("callqa.agents")
 STALL_S = 20.0
+OUTBOX_GRACE_S = 30.0  # rows older than this were left by a worker that died before sending them
 
 
 def _call_id(raw: bytes) -> Optional[str]:
@@ -67,6 +74,9 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
     tagged = app.topic(s.topic_tagged)
     dlq = app.topic(s.topic_dlq)
     flagged = app.topic(s.topic_flagged)
+    stored = app.topic(s.topic_stored)
+    outbox_topics = {"stats": stored, "flagged": flagged}
+    tz = s.tz
     # Live per-manager statistics; the changelog topic makes them survive restarts and rebalances.
     # Plain JSON values (no key_type/value_type): Faust would call dict.from_data() during recovery
     # and silently stall it.
@@ -109,9 +119,13 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
 
     @app.agent(recorded, concurrency=max(1, s.asr_workers))
     async def transcribe(stream):
-        async for raw in stream:
+        async for event in stream.events():
+            raw = event.value
             try:
                 ev = CallRecorded.model_validate_json(raw)
+                if ev.published_at is None and event.message.timestamp:
+                    # which upload of a call is newer, however the transcriptions finish (concurrency)
+                    ev.published_at = datetime.fromtimestamp(event.message.timestamp, timezone.utc)
                 out = await transcriber(ev)
             except Exception as exc:
                 await dead("transcribe", raw, exc)
@@ -130,47 +144,68 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                 continue
             await tagged.send(key=out.call_id.encode(), value=out.model_dump_json().encode())
 
+    async def send_outbox(ids: Optional[list[int]] = None, older_than: Optional[datetime] = None) -> None:
+        """Send outbox rows and delete them once Kafka acknowledged them (a crash in between resends)."""
+        from pipeline.store import outbox_sent, pending_outbox
+        rows = await in_db(lambda session: [(o.id, o.kind, o.key, o.value) for o in
+                                            pending_outbox(session, ids=ids, older_than=older_than)])
+        done = []
+        for oid, kind, key, value in rows:
+            await outbox_topics[kind].send_and_wait(key=key.encode(), value=value.encode())
+            done.append(oid)
+        if done:
+            await in_db(outbox_sent, done)
+
     @app.agent(tagged)
     async def store(stream):
         from pipeline.store import store_tagged
         async for raw in stream:
+            result = None
             for attempt in range(3):
                 try:
                     ev = CallTagged.model_validate_json(raw)
-                    new_flags = await in_db(store_tagged, ev)
+                    result = await in_db(store_tagged, ev, tz)
                     break
                 except Exception as exc:
                     if attempt == 2 or isinstance(exc, ValueError):
                         await dead("store", raw, exc)
-                        new_flags = None
                         break
                     await asyncio.sleep(2 ** attempt)  # a busy or restarting database
-            if new_flags:
-                note = CallFlagged(call_id=ev.call_id, manager_id=ev.manager_id, manager_name=ev.manager_name,
-                                   team_id=ev.team_id, started_at=ev.started_at, recording_url=ev.recording_url,
-                                   new_flags=new_flags, flags=ev.flags, furthest_step=ev.furthest_step)
-                await flagged.send(key=ev.call_id.encode(), value=note.model_dump_json().encode())
-
-    def by_manager(raw: bytes) -> bytes:
-        try:
-            return str(json.loads(raw)["manager_id"]).encode()
-        except (ValueError, KeyError, TypeError):
-            return b""  # the store agent dead-letters it
-
-    @app.agent(tagged)
-    async def manager_stats(stream):
-        from pipeline.stats import ManagerStats, outcome_from_tagged
-        from pipeline.store import mirror_manager_stats
-        # Repartitioned by manager, so one worker owns each manager's row of the table.
-        async for raw in stream.group_by(by_manager, name="by-manager"):
-            try:
-                ev = CallTagged.model_validate_json(raw)
-            except ValueError:
+            if result is None:
                 continue
-            current = stats_table.get(ev.manager_id)
-            ms = ManagerStats.from_dict(current) if current else ManagerStats(ev.manager_id)
-            if ms.apply(outcome_from_tagged(ev)):
-                stats_table[ev.manager_id] = ms.to_dict()
+            if not result.stored:
+                log.info("call %s: a newer version is stored (revision %d); this one is dropped",
+                         ev.call_id, result.revision)
+                continue
+            # A crash before this send is healed by the redelivery of the tagged event (stored again).
+            await stored.send(key=result.update.manager_id.encode(), value=result.update.model_dump_json().encode())
+            if result.outbox:
+                try:
+                    await send_outbox(result.outbox)
+                except Exception:  # kept in the outbox: the timer below sends it
+                    log.exception("could not send the outbox of call %s yet", ev.call_id)
+
+    @app.timer(interval=10.0)
+    async def resend_outbox():
+        try:
+            await send_outbox(older_than=datetime.now(timezone.utc) - timedelta(seconds=OUTBOX_GRACE_S))
+        except Exception:
+            log.exception("could not send the outbox yet; retrying")
+
+    @app.agent(stored)
+    async def manager_stats(stream):
+        from pipeline.stats import apply_update
+        from pipeline.store import mirror_manager_stats
+        # calls.stored is keyed by manager_id, so one worker owns each manager's row of the table.
+        async for raw in stream:
+            try:
+                update = StatsUpdate.model_validate_json(raw)
+            except ValueError:
+                log.error("not a statistics update on %s: %r", s.topic_stored, raw[:200])
+                continue
+            ms, changed = apply_update(stats_table.get(update.manager_id), update)
+            if changed:
+                stats_table[update.manager_id] = ms.to_dict()
             # mirrored even when unchanged: a crash between the table write and SQL is healed by the replay.
             # Retried: with two workers, the other one's store agent can insert the manager's row between
             # our read and our insert (IntegrityError on managers), and an exception here would crash the

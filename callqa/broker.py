@@ -141,7 +141,8 @@ class LocalBroker:
                f"-Dlog4j.configuration=file:{log4j}", "-cp", cp]
         if not (data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            fmt = subprocess.run(jvm + ["kafka.tools.StorageTool", "format", "-t", cluster_id,
+            # "=": a random id may start with "-", which the tool's parser would take for an option
+            fmt = subprocess.run(jvm + ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                                         "-c", str(props)], capture_output=True, text=True)
             if fmt.returncode != 0:
                 raise BrokerError(f"formatting Kafka storage failed: {fmt.stdout}{fmt.stderr}")

@@ -25,7 +25,7 @@ def cmd_worker(args, s: Settings) -> int:
     try:
         wait_for_broker(s.kafka_bootstrap, timeout_s=30)
         ensure_topics(s.kafka_bootstrap, [s.topic_recorded, s.topic_transcribed, s.topic_tagged, s.topic_dlq,
-                                          s.topic_flagged], s.topic_partitions)
+                                          s.topic_flagged, s.topic_stored], s.topic_partitions)
     except BrokerError as e:
         return _err(f"{e}. Is the broker running? Check CALLQA_KAFKA_BOOTSTRAP.")
     from faust.worker import Worker
@@ -104,14 +104,13 @@ def cmd_report(args, s: Settings) -> int:
     from callqa import report as rp
     from models.db import session_factory
     try:
-        scope = rp.Scope(team_id=args.team, since=rp.parse_day(args.since) if args.since else None,
-                         until=rp.until_day(args.until) if args.until else None)
+        scope = rp.Scope.parse(args.team, args.since, args.until, s.tz)
     except ValueError as e:
-        return _err(f"bad date ({e}); use YYYY-MM-DD")
+        return _err(f"bad date: {e}")
     fmt = args.format
     with session_factory(s.db_url)() as session:
         if args.what in ("managers", "manager"):
-            rows = rp.manager_rows(session, s.min_calls_for_rank, scope)
+            rows = rp.manager_rows(session, s.min_calls_for_rank, scope, s.min_step_calls)
             if args.what == "manager":
                 if not args.id:
                     return _err("which manager? callqa report manager ID")
@@ -161,7 +160,7 @@ def cmd_retag(args, s: Settings) -> int:
     if args.manager:
         q = q.where(Call.manager_id == args.manager)
     if args.since:
-        q = q.where(Call.started_at >= rp.parse_day(args.since))
+        q = q.where(Call.started_at >= rp.parse_day(args.since, s.tz))
     changed = []
     with session_factory(s.db_url)() as session:
         calls = session.scalars(q.order_by(Call.started_at)).all()
@@ -199,10 +198,12 @@ def cmd_review(args, s: Settings) -> int:
     verdict = "agree" if args.agree else "disagree"
     try:
         with session_factory(s.db_url).begin() as session:
-            record_review(session, args.call_id, args.flag, verdict, args.comment, args.reviewer)
+            review = record_review(session, args.call_id, args.flag, verdict, args.comment, args.reviewer,
+                                   at=args.at)
+            at = review.flag_at
     except (LookupError, ValueError) as e:
         return _err(str(e))
-    print(f"{args.call_id}: {args.flag} marked {verdict}")
+    print(f"{args.call_id}: {args.flag}" + (f" at {at:g} s" if at is not None else "") + f" marked {verdict}")
     return 0
 
 
@@ -338,8 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["managers", "manager", "flagged", "flags", "coaching"])
     r.add_argument("id", nargs="?", help="manager id (with `manager`)")
     r.add_argument("--team")
-    r.add_argument("--since", help="YYYY-MM-DD (calls started on or after)")
-    r.add_argument("--until", help="YYYY-MM-DD (calls started on or before that day)")
+    r.add_argument("--since", help="YYYY-MM-DD, calls started on or after that day (CALLQA_TIMEZONE), "
+                   "or an ISO time")
+    r.add_argument("--until", help="YYYY-MM-DD, calls started on or before that day (CALLQA_TIMEZONE), "
+                   "or an ISO time (exclusive)")
     r.add_argument("--format", choices=["table", "json", "csv"], default="table")
     r.set_defaults(fn=cmd_report)
 
@@ -349,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = rv.add_mutually_exclusive_group(required=True)
     g.add_argument("--agree", action="store_true", help="the flag was right")
     g.add_argument("--disagree", action="store_true", help="the flag was wrong")
+    rv.add_argument("--at", type=float, metavar="SECONDS",
+                    help="the flag's moment, when the call has several flags of that code")
     rv.add_argument("--comment")
     rv.add_argument("--reviewer", default=os.environ.get("USER"))
     rv.set_defaults(fn=cmd_review)

@@ -8,17 +8,18 @@ import csv
 import io
 import json
 import statistics
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any, Optional
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.events import STEPS
-from models.tables import Call, FlagRow, Manager, ObjectionRow, Review, SegmentRow
+from models.tables import Call, FlagRow, Manager, ObjectionRow, SegmentRow, as_utc
 from pipeline import stats
-from pipeline.store import _aware, load_outcomes
+from pipeline.store import current_reviews, load_outcomes, review_of
 
 SHORT = {"greeting": "Greet", "needs_discovery": "Needs", "presentation": "Pres",
          "objection_handling": "Object", "closing": "Close"}
@@ -27,9 +28,20 @@ HOT_LEAD_MINUTES = 15
 
 @dataclass(frozen=True)
 class Scope:
+    """Which calls a report covers: a team and a time range; ``tz`` is the business time zone its days,
+    weeks and months are counted in (CALLQA_TIMEZONE)."""
+
     team_id: Optional[str] = None
     since: Optional[datetime] = None
     until: Optional[datetime] = None
+    tz: tzinfo = timezone.utc
+
+    @classmethod
+    def parse(cls, team: Optional[str] = None, since: Optional[str] = None, until: Optional[str] = None,
+              tz: tzinfo = timezone.utc) -> "Scope":
+        """From the --since/--until (or web form) text: a day, or an exact ISO time."""
+        return cls(team_id=team or None, since=parse_day(since, tz) if since else None,
+                   until=until_day(until, tz) if until else None, tz=tz)
 
     def calls(self, q):
         if self.team_id is not None:
@@ -51,13 +63,17 @@ def _names(session: Session) -> dict[str, Optional[str]]:
 
 # ---- managers and their weak stages -------------------------------------------------------------
 
-def manager_rows(session: Session, min_calls: int, scope: Scope = Scope()) -> list[dict]:
-    reports = stats.compute(load_outcomes(session, team_id=scope.team_id, since=scope.since, until=scope.until),
-                            min_calls)
+def manager_rows(session: Session, min_calls: int, scope: Scope = Scope(),
+                 min_step_calls: Optional[int] = None) -> list[dict]:
+    reports = stats.compute(load_outcomes(session, team_id=scope.team_id, since=scope.since, until=scope.until,
+                                          tz=scope.tz), min_calls, min_step_calls=min_step_calls)
     names = _names(session)
     failed: dict[str, int] = {}
-    for mid in session.scalars(scope.calls(select(Call.manager_id).where(Call.status == "failed"))):
+    failed_team: dict[str, Optional[str]] = {}
+    for mid, team in session.execute(scope.calls(select(Call.manager_id, Call.team_id)
+                                                 .where(Call.status == "failed").order_by(Call.started_at))):
         failed[mid] = failed.get(mid, 0) + 1
+        failed_team[mid] = team or failed_team.get(mid)  # the latest failed call's team
     kpis = activity(session, scope)
     rows = []
     for mid in sorted(set(reports) | set(failed), key=lambda m: (names.get(m) or m)):
@@ -65,16 +81,18 @@ def manager_rows(session: Session, min_calls: int, scope: Scope = Scope()) -> li
         rows.append({
             "manager_id": mid,
             "manager_name": names.get(mid),
-            "team_id": r.team_id if r else None,
+            "team_id": r.team_id if r else failed_team.get(mid),
             "calls": r.calls if r else 0,
             "failed_calls": failed.get(mid, 0),
             "enough_calls": bool(r and r.enough_calls),
             "weak_stage": r.weak_stage if r else None,
             "weak_gap": _r(r.weak_gap) if r else None,
+            "weak_margin": _r(r.weak_margin) if r else None,
             "weak_calls": r.weak_calls if r else 0,
             "steps": {step: {"share": _r(st.share), "pass_rate": _r(st.pass_rate), "conversion": _r(st.conversion),
                              "score": _r(st.score), "team_score": _r(st.team_score),
-                             "team_conversion": _r(st.team_conversion), "gap": _r(st.gap), "calls": st.scored}
+                             "team_conversion": _r(st.team_conversion), "gap": _r(st.gap),
+                             "gap_margin": _r(st.gap_margin), "calls": st.scored}
                       for step, st in (r.stages.items() if r else [])},
             "objections": {k: {"raised": v[0], "answered": v[1]} for k, v in (r.objections.items() if r else [])},
             "kpi": kpis.get(mid, {}),
@@ -93,11 +111,11 @@ def activity(session: Session, scope: Scope = Scope()) -> dict[str, dict[str, An
     per: dict[str, dict[str, Any]] = {}
     for c in calls:
         d = per.setdefault(c.manager_id, {"days": set(), "talk_s": 0.0, "hot": [], "response_min": []})
-        d["days"].add(_aware(c.started_at).date())
+        d["days"].add(c.started_at.astimezone(scope.tz).date())
         d["talk_s"] += talk.get(c.call_id, 0.0)
         lead = c.lead or {}
         if lead.get("created_at"):
-            minutes = (_aware(c.started_at) - _aware(datetime.fromisoformat(lead["created_at"]))).total_seconds() / 60
+            minutes = (c.started_at - as_utc(datetime.fromisoformat(lead["created_at"]))).total_seconds() / 60
             d["response_min"].append(minutes)
             if lead.get("temperature") == "hot":
                 d["hot"].append(minutes)
@@ -119,6 +137,15 @@ def _pct(v: Optional[float]) -> str:
     return "–" if v is None else f"{round(v * 100)}%"
 
 
+def _calls(n: int) -> str:
+    return f"{n} call" if n == 1 else f"{n} calls"
+
+
+def _gap(gap: float, margin: Optional[float]) -> str:
+    """'-19 ±12 pts': the shortfall and the half-width of its 90 % interval."""
+    return f"-{round(gap * 100)}" + (f" ±{round(margin * 100)}" if margin is not None else "") + " pts"
+
+
 def table(head: list[str], body: list[list[Any]], right: set[int] = frozenset()) -> str:
     widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head))]
 
@@ -135,7 +162,7 @@ def render_managers(rows: list[dict], min_calls: int) -> str:
     body = []
     for r in rows:
         if r["weak_stage"]:
-            weak = f"{r['weak_stage']} (-{round(r['weak_gap'] * 100)} pts vs team, {r['weak_calls']} calls)"
+            weak = f"{r['weak_stage']} ({_gap(r['weak_gap'], r['weak_margin'])} vs team, {_calls(r['weak_calls'])})"
         elif r["enough_calls"]:
             weak = "(none: at or above the team)"
         else:
@@ -158,8 +185,8 @@ def render_manager(row: dict, min_calls: int) -> str:
              f"{row['calls']} calls" + (f", {row['failed_calls']} failed" if row["failed_calls"] else ""),
              "", table(head, body, right={1, 2, 3, 4, 5, 6}), ""]
     if row["weak_stage"]:
-        lines.append(f"Weak stage: {row['weak_stage']} ({round(row['weak_gap'] * 100)} pts below the team, "
-                     f"{row['weak_calls']} calls)")
+        lines.append(f"Weak stage: {row['weak_stage']} ({_gap(row['weak_gap'], row['weak_margin'])} below the "
+                     f"team, {_calls(row['weak_calls'])}; ± is a 90% interval)")
     elif not row["enough_calls"]:
         lines.append(f"Weak stage: not enough calls yet (needs {min_calls})")
     if row["objections"]:
@@ -182,20 +209,23 @@ def _mmss(at: Optional[float]) -> str:
 
 
 def flagged_rows(session: Session, scope: Scope = Scope(), include_reviewed: bool = True) -> list[dict]:
+    """One row per flag (a rule firing at a moment of a call), with its current verdict if any."""
     names = _names(session)
-    reviews = {(r.call_id, r.flag_code): r for r in session.scalars(select(Review))}
     q = scope.calls(select(FlagRow, Call).join(Call, Call.call_id == FlagRow.call_id)).order_by(
         Call.started_at.desc(), FlagRow.call_id, FlagRow.idx)
+    found = session.execute(q).all()
+    reviews = current_reviews(session, sorted({f.call_id for f, _ in found})) if found else {}
     rows = []
-    for f, c in session.execute(q).all():
-        rv = reviews.get((f.call_id, f.code))
+    for f, c in found:
+        rv = review_of(reviews, f)
         if rv and not include_reviewed:
             continue
-        rows.append({"call_id": f.call_id, "started_at": _aware(c.started_at).isoformat(),
+        rows.append({"call_id": f.call_id, "started_at": c.started_at.astimezone(scope.tz).isoformat(),
                      "manager_id": c.manager_id, "manager_name": names.get(c.manager_id), "team_id": c.team_id,
                      "flag": f.code, "detail": f.detail, "at": f.at,
                      "link": c.recording_url + (f"#t={f.at:.1f}" if f.at is not None else ""),
-                     "review": rv.verdict if rv else None, "review_comment": rv.comment if rv else None})
+                     "review": rv.verdict if rv else None, "review_comment": rv.comment if rv else None,
+                     "reviewer": rv.reviewer if rv else None})
     rows.sort(key=lambda r: r["review"] is not None)  # the queue: unreviewed first, newest first
     return rows
 
@@ -206,7 +236,7 @@ def render_flagged(rows: list[dict]) -> str:
     body = [[r["started_at"][:16].replace("T", " "), r["manager_name"] or r["manager_id"], r["call_id"], r["flag"],
              _mmss(r["at"]), r["review"] or "to review", r["detail"][:70]] for r in rows]
     return (table(["Started", "Manager", "Call", "Flag", "At", "Review", "Why"], body, right={4}) +
-            "\n\nMark one reviewed: callqa review CALL_ID FLAG --agree|--disagree [--comment TEXT]")
+            "\n\nMark one reviewed: callqa review CALL_ID FLAG --agree|--disagree [--at SECONDS] [--comment TEXT]")
 
 
 def flag_rule_rows(session: Session, scope: Scope = Scope()) -> list[dict]:
@@ -320,12 +350,26 @@ def render_json(key: str, rows: Any) -> str:
     return json.dumps({key: rows}, ensure_ascii=False, indent=2, default=str)
 
 
-def parse_day(text: str) -> datetime:
-    """YYYY-MM-DD or a full ISO time; dates are midnight UTC."""
-    dt = datetime.fromisoformat(text)
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$|^\d{8}$")
 
 
-def until_day(text: str) -> datetime:
-    dt = parse_day(text)
-    return dt + timedelta(days=1) if len(text) == 10 else dt  # --until 2026-11-30 includes that day
+def parse_day(text: str, tz: tzinfo = timezone.utc) -> datetime:
+    """A day (YYYY-MM-DD: its midnight in the business time zone) or an exact ISO time (without an
+    offset: business time)."""
+    text = text.strip()
+    if _DAY.match(text):
+        return datetime.combine(date.fromisoformat(text), time(), tz)
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a day (YYYY-MM-DD) nor an ISO time (YYYY-MM-DDTHH:MM[+03:00])") \
+            from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=tz)
+
+
+def until_day(text: str, tz: tzinfo = timezone.utc) -> datetime:
+    """The end of a range: a day includes the whole day (up to the next midnight); a time is exact."""
+    dt = parse_day(text, tz)
+    if _DAY.match(text.strip()):
+        return datetime.combine(dt.date() + timedelta(days=1), time(), tz)
+    return dt

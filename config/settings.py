@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from datetime import tzinfo
 from typing import Any
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -30,6 +31,8 @@ class Settings:
     topic_tagged: str = setting("CALLQA_TOPIC_TAGGED", "calls.tagged", "after tagging")
     topic_dlq: str = setting("CALLQA_TOPIC_DLQ", "calls.dlq", "dead letters")
     topic_flagged: str = setting("CALLQA_TOPIC_FLAGGED", "calls.flagged", "a call got a new flag (for CRM/chat)")
+    topic_stored: str = setting(
+        "CALLQA_TOPIC_STORED", "calls.stored", "statistics updates after a store (key: manager_id; internal)")
     topic_partitions: int = setting("CALLQA_TOPIC_PARTITIONS", 4, "partitions of the calls.* topics")
     asr_engine: str = setting("CALLQA_ASR_ENGINE", "faster-whisper", "faster-whisper | openai-whisper")
     asr_model: str = setting("CALLQA_ASR_MODEL", "base", "model name or directory")
@@ -60,6 +63,12 @@ class Settings:
     rules_dir: str = setting("CALLQA_RULES_DIR", "", "folder with lexicon/{ru,en}.yaml and flags.yaml "
                              "(empty = the packaged config/); edits are picked up by a running worker")
     min_calls_for_rank: int = setting("CALLQA_MIN_CALLS", 2, "calls a manager needs before a weak stage is named")
+    min_step_calls: int = setting(
+        "CALLQA_MIN_STEP_CALLS", 2, "scored calls a step needs before it can be named a manager's weak stage "
+        "(objection handling is scored only on calls with objections)")
+    timezone: str = setting(
+        "CALLQA_TIMEZONE", "UTC", "business time zone (IANA name, e.g. Europe/Moscow): weeks and months of the "
+        "statistics, and the days of report date filters")
     home: str = setting("CALLQA_HOME", "", "working directory for the database, broker data and caches")
     fetch_allowed_hosts: str = setting(
         "CALLQA_FETCH_ALLOWED_HOSTS", "", "hosts recording URLs may name (comma list, *.suffix; the providers' API hosts "
@@ -87,7 +96,12 @@ class Settings:
             values[f.name] = _parse(raw, type(f.default), f.metadata["env"])
         values.update(overrides)
         s = cls(**values)
+        business_tz(s.timezone)  # a mistyped zone fails here, with advice, not on the first call
         return s
+
+    @property
+    def tz(self) -> tzinfo:
+        return business_tz(self.timezone)
 
     @property
     def home_dir(self) -> Path:
@@ -119,3 +133,12 @@ def _parse(raw: str, typ: type, env: str) -> Any:
         return typ(raw)
     except ValueError:
         raise ValueError(f"{env}={raw!r} is not a valid {typ.__name__}") from None
+
+
+def business_tz(name: str) -> tzinfo:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"CALLQA_TIMEZONE={name!r} is not a time zone name: use an IANA name such as "
+                         "Europe/Moscow, America/New_York or UTC") from None

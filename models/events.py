@@ -58,6 +58,9 @@ class CallRecorded(_Event):
     channels: Channels = Field(default_factory=Channels)
     language: Literal["ru", "en", "auto"] = "auto"
     lead: Optional[Lead] = None
+    # When this event was published on calls.recorded (set by the worker from the Kafka timestamp):
+    # of two versions of one call, the store keeps the later one, however the transcriptions finished.
+    published_at: Optional[datetime] = None
 
     @field_validator("recording_url")
     @classmethod
@@ -144,6 +147,8 @@ class Tagging(_Event):
     objections: list[Objection] = Field(default_factory=list)
     metrics: Metrics = Field(default_factory=Metrics)
     flags: list[Flag] = Field(default_factory=list)
+    # When tagging ran: a re-tag of the same recording replaces an older tagging, never the reverse.
+    tagged_at: Optional[datetime] = None
 
 
 class CallTagged(CallTranscribed, Tagging):
@@ -175,3 +180,16 @@ class CallFlagged(_Event):
     new_flags: list[str]
     flags: list[Flag]
     furthest_step: Optional[Step] = None
+
+
+class StatsUpdate(_Event):
+    """On calls.stored (key = manager_id) after a store: add a call's contribution to its manager's
+    statistics, or retract it from a manager the call no longer belongs to. ``revision`` is the store's
+    count for the call, so an update arriving late never undoes a newer one."""
+
+    schema_version: int = SCHEMA_VERSION
+    op: Literal["apply", "retract"]
+    call_id: str
+    manager_id: str
+    revision: int
+    outcome: Optional[dict] = None  # pipeline.stats.CallOutcome.to_compact(), for "apply"

@@ -4,24 +4,56 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(dt: Optional[datetime]) -> Optional[datetime]:
+    """An aware UTC instant; a naive time is taken to be UTC already (what RFC 3339 without offset means here)."""
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """An instant, stored in UTC on every database and read back as an aware UTC datetime.
+
+    SQLite has no time zone type: SQLAlchemy's DateTime(timezone=True) silently drops the offset
+    there, so 10:05+03:00 came back as 10:05 UTC. Converting to UTC before binding makes SQLite,
+    PostgreSQL, comparisons in filters and ordering all agree.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        value = as_utc(value)
+        if value is not None and dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        return as_utc(value)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime}
 
 
 class Manager(Base):
     __tablename__ = "managers"
     manager_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     name: Mapped[Optional[str]] = mapped_column(String(200))
+    # The team of the manager's most recent call (by started_at): a re-tag of an old call must not move
+    # the manager back to an old team.
     team_id: Mapped[Optional[str]] = mapped_column(String(200), index=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    team_since: Mapped[Optional[datetime]] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class Call(Base):
@@ -32,7 +64,7 @@ class Call(Base):
     team_id: Mapped[Optional[str]] = mapped_column(String(200), index=True)
     direction: Mapped[str] = mapped_column(String(16))
     client_number: Mapped[Optional[str]] = mapped_column(String(64))
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    started_at: Mapped[datetime] = mapped_column(index=True)
     duration_s: Mapped[Optional[float]] = mapped_column(Float)
     recording_url: Mapped[str] = mapped_column(Text)
     language: Mapped[Optional[str]] = mapped_column(String(8))
@@ -46,7 +78,13 @@ class Call(Base):
     lead: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
     # The whole tagged event, so a call can be re-tagged without re-transcribing.
     event: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # Which version of the call is stored: a store only replaces an older one. published_at is when
+    # the calls.recorded event was published (a newer upload wins), tagged_at when it was tagged (a
+    # re-tag wins); revision counts the stores, and orders the statistics updates they send.
+    published_at: Mapped[Optional[datetime]] = mapped_column()
+    tagged_at: Mapped[Optional[datetime]] = mapped_column()
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     segments: Mapped[list["SegmentRow"]] = relationship(cascade="all, delete-orphan", order_by="SegmentRow.idx")
     steps: Mapped[list["CallStep"]] = relationship(cascade="all, delete-orphan")
@@ -104,25 +142,35 @@ class FlagRow(Base):
 
 
 class Review(Base):
-    """A sales head's verdict on a flagged call; survives re-tagging (keyed by call and flag code)."""
+    """A sales head's verdict on one flag of a call: the flag is its code and its moment (flag_at).
+
+    Rows are never overwritten: a new verdict on the same flag makes the older one not current, so the
+    history stays. A re-tag that moves or drops the flag leaves the verdict attached to nothing shown
+    (it is matched by code and moment), never to a different moment.
+    """
 
     __tablename__ = "reviews"
-    __table_args__ = (UniqueConstraint("call_id", "flag_code"),)
+    __table_args__ = (Index("ix_reviews_flag", "call_id", "flag_code", "flag_at"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_id: Mapped[str] = mapped_column(ForeignKey("calls.call_id", ondelete="CASCADE"), index=True)
     flag_code: Mapped[str] = mapped_column(String(64))
+    flag_at: Mapped[Optional[float]] = mapped_column(Float)
+    current: Mapped[bool] = mapped_column(Boolean, default=True)
     verdict: Mapped[str] = mapped_column(String(16))  # agree | disagree
     comment: Mapped[Optional[str]] = mapped_column(Text)
     reviewer: Mapped[Optional[str]] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ManagerStageStat(Base):
-    """Per manager, step and period ("all", "week:2026-W48", "month:2026-11"): the SQL mirror of the
-    worker's live statistics table; a replayed call replaces its contribution, never adds twice."""
+    """Per manager, team, step and period ("all", "week:2026-W48", "month:2026-11"): the SQL mirror of
+    the worker's live statistics table; a replayed call replaces its contribution, never adds twice.
+    team_id is the team the calls were made in ("" for none), so a team's figures count each call
+    under the team it was made in, whichever team the manager is in now."""
 
     __tablename__ = "manager_stage_stats"
     manager_id: Mapped[str] = mapped_column(ForeignKey("managers.manager_id"), primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(200), primary_key=True, default="")
     step: Mapped[str] = mapped_column(String(32), primary_key=True)
     period: Mapped[str] = mapped_column(String(16), primary_key=True)  # "all" (weeks and months later)
     calls: Mapped[int] = mapped_column(Integer)
@@ -131,11 +179,12 @@ class ManagerStageStat(Base):
     reached_next: Mapped[int] = mapped_column(Integer)
     scored: Mapped[int] = mapped_column(Integer, default=0)
     score_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    score_sq: Mapped[float] = mapped_column(Float, default=0.0)
     share: Mapped[float] = mapped_column(Float)
     pass_rate: Mapped[Optional[float]] = mapped_column(Float)
     conversion: Mapped[Optional[float]] = mapped_column(Float)
     score: Mapped[Optional[float]] = mapped_column(Float)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class ManagerObjectionStat(Base):
@@ -145,4 +194,17 @@ class ManagerObjectionStat(Base):
     period: Mapped[str] = mapped_column(String(16), primary_key=True)
     raised: Mapped[int] = mapped_column(Integer)
     answered: Mapped[int] = mapped_column(Integer)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Outbox(Base):
+    """Messages a store must send, written in the store's transaction and marked once Kafka acknowledged
+    them: a worker dying between the commit and the send loses nothing (the next worker sends them)."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # stats (calls.stored) | flagged (calls.flagged)
+    key: Mapped[str] = mapped_column(String(200))
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[Optional[datetime]] = mapped_column(index=True)

@@ -30,12 +30,12 @@ def outcomes(draw, call_ids=st.sampled_from([f"c{i}" for i in range(12)]),
 
 
 def summed(contribs: list[CallOutcome]) -> dict:
-    """Totals computed the slow way: each call's counters added up per period."""
+    """Totals computed the slow way: each call's counters added up per period and team."""
     out: dict = {}
     for o in contribs:
-        for p in o.periods():
+        for p in o.periods:
             for step, c in o.counters().items():
-                acc = out.setdefault(p, {}).setdefault(step, dict.fromkeys(COUNTERS, 0))
+                acc = out.setdefault(p, {}).setdefault(o.team_id or "", {}).setdefault(step, dict.fromkeys(COUNTERS, 0))
                 for k, v in c.items():
                     acc[k] = round(acc[k] + v, 6)
     return out
@@ -103,4 +103,4 @@ def test_objection_handling_is_scored_only_where_the_client_objected():
 
 def test_periods_are_iso_week_and_month():
     o = CallOutcome("x", "m", None, {}, datetime(2026, 11, 27, 9, tzinfo=timezone.utc))
-    assert o.periods() == ["all", "week:2026-W48", "month:2026-11"]
+    assert o.periods == ("all", "week:2026-W48", "month:2026-11")

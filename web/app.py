@@ -17,8 +17,8 @@ from callqa import report as rp
 from config.settings import Settings
 from models.db import session_factory
 from models.events import STEPS
-from models.tables import Call, FlagRow, ObjectionRow, Review, SegmentRow
-from pipeline.store import record_review
+from models.tables import Call, FlagRow, ObjectionRow, SegmentRow
+from pipeline.store import current_reviews, record_review, review_of
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 TEMPLATES.env.filters["pct"] = lambda v: "–" if v is None else f"{round(v * 100)}%"
@@ -32,10 +32,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     def scope(team: Optional[str], since: Optional[str], until: Optional[str]) -> rp.Scope:
         try:
-            return rp.Scope(team_id=team or None, since=rp.parse_day(since) if since else None,
-                            until=rp.until_day(until) if until else None)
-        except ValueError:
-            raise HTTPException(400, "dates are YYYY-MM-DD") from None
+            return rp.Scope.parse(team, since, until, s.tz)
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
 
     def page(request: Request, name: str, **ctx) -> HTMLResponse:
         q = dict(request.query_params)
@@ -45,14 +44,14 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     def managers(request: Request, team: str = "", since: str = "", until: str = ""):
         with sessions() as db:
-            rows = rp.manager_rows(db, s.min_calls_for_rank, scope(team, since, until))
+            rows = rp.manager_rows(db, s.min_calls_for_rank, scope(team, since, until), s.min_step_calls)
         return page(request, "managers.html", rows=rows)
 
     @app.get("/managers/{manager_id}", response_class=HTMLResponse)
     def manager(request: Request, manager_id: str, since: str = "", until: str = ""):
         sc = scope("", since, until)
         with sessions() as db:
-            rows = [r for r in rp.manager_rows(db, s.min_calls_for_rank, sc) if r["manager_id"] == manager_id]
+            rows = [r for r in rp.manager_rows(db, s.min_calls_for_rank, sc, s.min_step_calls) if r["manager_id"] == manager_id]
             if not rows:
                 raise HTTPException(404, f"no calls stored for manager {manager_id}")
             calls = db.scalars(sc.calls(select(Call).where(Call.manager_id == manager_id))
@@ -69,10 +68,11 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     @app.post("/calls/{call_id}/reviews")
     def review(call_id: str, flag: str = Form(...), verdict: str = Form(...), comment: str = Form(""),
-               reviewer: str = Form(""), next: str = Form("/flagged")):
+               reviewer: str = Form(""), at: str = Form(""), next: str = Form("/flagged")):
         try:
             with sessions.begin() as db:
-                record_review(db, call_id, flag, verdict, comment or None, reviewer or None)
+                record_review(db, call_id, flag, verdict, comment or None, reviewer or None,
+                              at=float(at) if at else None)
         except (LookupError, ValueError) as e:
             raise HTTPException(400, str(e)) from None
         if not next.startswith("/"):
@@ -90,8 +90,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             objs = db.scalars(select(ObjectionRow).where(ObjectionRow.call_id == call_id)
                               .order_by(ObjectionRow.idx)).all()
             steps = (c.event or {}).get("steps", {})
-            reviews = {r.flag_code: {"review": r.verdict}
-                       for r in db.scalars(select(Review).where(Review.call_id == call_id))}
+            current = current_reviews(db, [call_id])
+            reviews = {f.idx: review_of(current, f) for f in flags}
         return page(request, "call.html", c=c, segs=segs, flags=flags, objs=objs, call_steps=steps,
                     reviews=reviews, audio=_local_audio(c.recording_url, s) is not None)
 
@@ -120,7 +120,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     @app.get("/api/managers")
     def api_managers(team: str = "", since: str = "", until: str = ""):
         with sessions() as db:
-            return JSONResponse({"managers": rp.manager_rows(db, s.min_calls_for_rank, scope(team, since, until))})
+            return JSONResponse({"managers": rp.manager_rows(db, s.min_calls_for_rank, scope(team, since, until), s.min_step_calls)})
 
     @app.get("/api/flagged")
     def api_flagged(team: str = "", since: str = "", until: str = ""):

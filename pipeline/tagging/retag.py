@@ -1,6 +1,8 @@
 """Tagging a transcribed call into a CallTagged event (the worker's tag stage and `callqa retag`)."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from models.events import CallTagged, CallTranscribed
 
 from .call import tag_call
@@ -12,4 +14,6 @@ def retag(ev: CallTranscribed, rules: Rules) -> CallTagged:
     base = CallTranscribed.model_validate(ev.model_dump(exclude=set(CallTagged.model_fields)
                                                         - set(CallTranscribed.model_fields)))
     result = tag_call(base.segments, base.language_detected or base.language, base.duration_s, rules)
-    return CallTagged.model_validate({**base.model_dump(), **result.model_dump()})
+    # tagged_at orders taggings of one recording: the store keeps the newest
+    return CallTagged.model_validate({**base.model_dump(), **result.model_dump(),
+                                      "tagged_at": datetime.now(timezone.utc)})
