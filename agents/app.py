@@ -151,7 +151,8 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                                             pending_outbox(session, ids=ids, older_than=older_than)])
         done = []
         for oid, kind, key, value in rows:
-            await outbox_topics[kind].send_and_wait(key=key.encode(), value=value.encode())
+            acked = await outbox_topics[kind].send(key=key.encode(), value=value.encode(), force=True)
+            await acked  # the broker has it: only now may the row go
             done.append(oid)
         if done:
             await in_db(outbox_sent, done)

@@ -112,7 +112,7 @@ def assert_stats_match_stored_calls(w: WorkerProcess, events: dict[str, CallTran
     assert set(expected) == managers
     n_calls = {m: sum(1 for ev in events.values() if ev.manager_id == m) for m in managers}
     for m in managers:
-        assert expected[m].totals["all"]["greeting"]["calls"] == n_calls[m], m
+        assert expected[m].manager_totals()["greeting"]["calls"] == n_calls[m], m
         assert m in mirror, f"no mirrored statistics for {m}"
         assert mirror[m].totals == expected[m].totals, m
         assert mirror[m].objections == expected[m].objections, m

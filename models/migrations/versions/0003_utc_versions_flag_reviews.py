@@ -30,6 +30,11 @@ def _utc(text):
     return dt
 
 
+def _instant(v):
+    # raw SQLite rows hand back text
+    return _utc(v) if isinstance(v, str) else v
+
+
 def upgrade() -> None:
     bind = op.get_bind()
     sqlite = bind.dialect.name == "sqlite"
@@ -72,7 +77,7 @@ def upgrade() -> None:
         op.bulk_insert(reviews, [dict(id=r.id, call_id=r.call_id, flag_code=r.flag_code,
                                       flag_at=first_at.get((r.call_id, r.flag_code)), current=True,
                                       verdict=r.verdict, comment=r.comment, reviewer=r.reviewer,
-                                      created_at=r.created_at) for r in old])
+                                      created_at=_instant(r.created_at)) for r in old])
 
     op.drop_table('manager_stage_stats')
     op.create_table(
