@@ -6,7 +6,8 @@ Below both ``rules`` (which caches a compiled lexicon per language) and ``tagger
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 from .nlp import get_nlp, normalize_text
 from .schema import Lexicon
@@ -32,6 +33,8 @@ _OFFER_VERBS = {"предложить", "порекомендовать", "по�
 class Hit:
     pos: int          # character offset in the segment text (for ordering)
     evidence: str     # the text that matched
+    # the lexicon entry behind the hit: ("phrase" | "pattern", its text as written in the YAML)
+    source: tuple[str, str] = field(default=("", ""), compare=False)
 
 
 class CompiledLexicon:
@@ -42,6 +45,7 @@ class CompiledLexicon:
         self.language = lex.language
         self.nlp = get_nlp(lex.language)
         self.index: dict[tuple[str, ...], list[str]] = {}
+        self.phrase_of: dict[tuple[tuple[str, ...], str], str] = {}   # (lemmas, key) -> the phrase as written
         self.regexes: list[tuple[str, re.Pattern]] = []
         self.max_n = 1
         entries: list[tuple[str, list[str], list[str]]] = []
@@ -50,28 +54,31 @@ class CompiledLexicon:
         for kind, cl in lex.objections.items():
             entries.append((f"obj:{kind}", cl.phrases, cl.patterns))
         for key, phrases, patterns in entries:
-            for doc in self.nlp.pipe(phrases):
+            for phrase, doc in zip(phrases, self.nlp.pipe(phrases)):
                 lemmas = tuple(t.lemma_ for t in doc if not _PUNCT.match(t.text))
                 if not lemmas:
                     continue
                 keys = self.index.setdefault(lemmas, [])
                 if key not in keys:
                     keys.append(key)
+                self.phrase_of.setdefault((lemmas, key), phrase)
                 self.max_n = max(self.max_n, len(lemmas))
             for pat in patterns:
                 self.regexes.append((key, re.compile(pat)))
         self.question_words = {w.lower() for w in lex.question_words}
         self.fillers = _FILLERS_RU if lex.language == "ru" else _FILLERS_EN
 
-    def match(self, text: str, doc=None) -> dict[str, list[Hit]]:
+    def match(self, text: str, doc=None, dropped: Optional[list] = None) -> dict[str, list[Hit]]:
         """Cue hits by key ("cue:<category>" / "obj:<kind>").
 
         Phrases match lemma n-grams that do not cross punctuation; a hit lying inside a
         longer hit of another key is dropped ("not interested in a particular brand" is a
-        need, not a "not interested" objection)."""
+        need, not a "not interested" objection). A caller that passes ``dropped`` gets those
+        as (key, hit, key of the longer hit, the longer hit), so an explanation can say why a
+        phrase that matched did not count."""
         if doc is None:
             doc = self.nlp(text)
-        raw: list[tuple[int, int, str, str]] = []
+        raw: list[tuple[int, int, str, str, tuple[str, str]]] = []
         run: list = []
         runs = []
         skip_to = -1
@@ -103,22 +110,28 @@ class CompiledLexicon:
             n_tok = len(lem)
             for i in range(n_tok):
                 for n in range(1, min(max_n, n_tok - i) + 1):
-                    keys = index.get(tuple(lem[i:i + n]))
+                    gram = tuple(lem[i:i + n])
+                    keys = index.get(gram)
                     if keys:
                         start, end = toks[i].idx, toks[i + n - 1].idx + len(toks[i + n - 1].text)
                         for k in keys:
-                            raw.append((start, end, k, text[start:end]))
+                            raw.append((start, end, k, text[start:end], ("phrase", self.phrase_of[(gram, k)])))
         if self.regexes:
             norm = normalize_text(text)
             for key, rx in self.regexes:
                 m = rx.search(norm)
                 if m:
-                    raw.append((m.start(), m.end(), key, m.group(0).strip()))
+                    raw.append((m.start(), m.end(), key, m.group(0).strip(), ("pattern", rx.pattern)))
         hits: dict[str, list[Hit]] = {}
-        for s, e, k, ev in raw:
-            if any(k2 != k and s2 <= s and e2 >= e and (e2 - s2) > (e - s) for s2, e2, k2, _ in raw):
+        for s, e, k, ev, src in raw:
+            longer = next(((k2, s2, ev2, src2) for s2, e2, k2, ev2, src2 in raw
+                           if k2 != k and s2 <= s and e2 >= e and (e2 - s2) > (e - s)), None)
+            if longer is not None:
+                if dropped is not None:
+                    k2, s2, ev2, src2 = longer
+                    dropped.append((k, Hit(s, ev, src), k2, Hit(s2, ev2, src2)))
                 continue
-            hits.setdefault(k, []).append(Hit(s, ev))
+            hits.setdefault(k, []).append(Hit(s, ev, src))
         return hits
 
     def question_count(self, text: str) -> int:

@@ -138,29 +138,81 @@ def default_rules() -> Rules:
 
 class LiveRules:
     """Rules that follow trainers' edits: the YAML is re-read when a file changes (checked at most
-    every ``interval_s``). An edit that does not validate is reported and the last good rules stay."""
+    every ``interval_s``, by ``get()`` or by a timer calling ``refresh()``). An edit that does not
+    validate is reported through ``on_error`` and the last good rules stay; the edit that fixes it
+    is reported through ``on_info``, so a trainer watching the log sees both."""
 
-    def __init__(self, config_dir: Path | None = None, interval_s: float = 5.0, on_error=None):
+    def __init__(self, config_dir: Path | None = None, interval_s: float = 5.0, on_error=None, on_info=None):
         self.base = Path(config_dir) if config_dir is not None else DEFAULT_CONFIG_DIR
         self.interval_s = interval_s
         self.on_error = on_error or (lambda msg: None)
+        self.on_info = on_info or (lambda msg: None)
         self._rules = load_rules(self.base)  # a broken file at start-up is an error, not a warning
         self._stamp = self._mtimes()
         self._checked = time.monotonic()
+        self.error: Optional[str] = None     # the rejected edit the files hold now, if any
+        self.loaded_at = time.time()
 
     def _mtimes(self) -> tuple:
-        files = [self.base / "lexicon" / f"{lang}.yaml" for lang in LANGUAGES] + [self.base / "flags.yaml"]
-        return tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files)
+        out = []
+        for f in rule_files(self.base):
+            try:
+                st = f.stat()
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def refresh(self) -> bool:
+        """Re-read the files if they changed; True when new rules were taken."""
+        self._checked = time.monotonic()
+        stamp = self._mtimes()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            rules = load_rules(self.base)
+        except RulesError as e:
+            self.error = str(e)
+            self.on_error(f"rules edit rejected: {e} (keeping the previous rules until the file is fixed; "
+                          "`callqa rules check` shows the state)")
+            return False
+        was_broken, self.error = self.error is not None, None
+        self._rules, self.loaded_at = rules, time.time()
+        self.on_info(f"rules {'fixed' if was_broken else 'changed'}: new rules from {self.base} are in use"
+                     + (" (the earlier rejected edit is resolved)" if was_broken else ""))
+        return True
 
     def get(self) -> Rules:
-        now = time.monotonic()
-        if now - self._checked >= self.interval_s:
-            self._checked = now
-            stamp = self._mtimes()
-            if stamp != self._stamp:
-                self._stamp = stamp
-                try:
-                    self._rules = load_rules(self.base)
-                except RulesError as e:
-                    self.on_error(f"{e} (keeping the previous rules until the file is fixed)")
+        if time.monotonic() - self._checked >= self.interval_s:
+            self.refresh()
         return self._rules
+
+
+def rule_files(base: Path) -> list[Path]:
+    return [base / "lexicon" / f"{lang}.yaml" for lang in LANGUAGES] + [base / "flags.yaml"]
+
+
+def rules_state(config_dir: Path | None = None) -> dict:
+    """What ``callqa rules check`` and the rules page show: where the rules come from, whether
+    they validate (else the error naming file and key), and what they hold."""
+    base = Path(config_dir) if config_dir is not None else DEFAULT_CONFIG_DIR
+    files = []
+    for f in rule_files(base):
+        files.append({"path": str(f), "exists": f.is_file(),
+                      "modified": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f.stat().st_mtime))
+                      if f.is_file() else None})
+    state: dict = {"source": str(base.resolve()), "packaged": base.resolve() == DEFAULT_CONFIG_DIR.resolve(),
+                   "ok": True, "error": None, "files": files, "languages": {}, "flags": {}}
+    try:
+        rules = load_rules(base)
+    except RulesError as e:
+        state.update(ok=False, error=str(e))
+        return state
+    for lang, lex in sorted(rules.lexicons.items()):
+        state["languages"][lang] = {
+            section: {name: {"phrases": len(cl.phrases), "patterns": len(cl.patterns)}
+                      for name, cl in getattr(lex, section).items()}
+            for section in ("cues", "objections")}
+    state["flags"] = {name: getattr(rules.flags.flags, name).enabled for name in type(rules.flags.flags).model_fields}
+    return state
