@@ -61,6 +61,17 @@ def _restore_reviews(sessions, reviews: list[dict]) -> tuple[int, list[str]]:
     return kept, lost
 
 
+def _callqa_command() -> str:
+    """How to run callqa again from here: the script beside this Python (.venv/bin/callqa), else callqa."""
+    script = Path(sys.executable).parent / "callqa"
+    if not script.exists():
+        return "callqa"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 def _progress(done: int, total: int, started: float, last: list) -> None:
     if sys.stdout.isatty():
         bar = "#" * int(30 * done / total) + "-" * (30 - int(30 * done / total))
@@ -148,10 +159,11 @@ def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
         print(render_managers(rows, s.min_calls_for_rank))
         print()
         print(f"Database: {s.db_url}")
-        print(f"Again, any time: CALLQA_DATABASE_URL={s.db_url} callqa report "
+        cmd = _callqa_command()
+        print(f"Again, any time: CALLQA_DATABASE_URL={s.db_url} {cmd} report "
               "[managers|manager ID|flagged|flags|coaching]")
         print(f"In a browser:    CALLQA_DATABASE_URL={s.db_url} CALLQA_RECORDINGS_DIR={s.recordings_dir} "
-              "callqa web  (http://127.0.0.1:8080/)")
+              f"{cmd} web  (http://127.0.0.1:8080/)")
         return 0 if not failed else 1
     except KeyboardInterrupt:
         print("\ninterrupted; stopping the worker and the broker")
