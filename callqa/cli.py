@@ -117,7 +117,13 @@ def cmd_publish(args, s: Settings) -> int:
     try:
         if args.input.endswith(".json"):
             data = json.loads(Path(args.input).read_text())
-            events = [CallRecorded.model_validate(d) for d in (data if isinstance(data, list) else [data])]
+            for n, d in enumerate(data if isinstance(data, list) else [data], 1):
+                try:
+                    events.append(CallRecorded.model_validate(d))
+                except ValidationError as e:
+                    problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or '(event)'}: {x['msg']}" for x in e.errors())
+                    return _err(f"{args.input}: event {n} is not a CallRecorded ({problems}); nothing was "
+                                "published. The README shows one.")
         else:
             if not args.manager:
                 return _err("publishing an audio file needs --manager ID")
@@ -447,7 +453,9 @@ def cmd_config(args, s: Settings) -> int:
 def cmd_web(args, s: Settings) -> int:
     import uvicorn
 
+    from models.db import session_factory
     from web.app import create_app
+    session_factory(s.db_url, must_exist=True)  # pages over a mistyped path would only say "no calls"
     print(f"callqa web on http://{args.host}:{args.port}/ (database: {s.db_url})")
     uvicorn.run(create_app(s), host=args.host, port=args.port, log_level="warning")
     return 0

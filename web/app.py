@@ -46,20 +46,18 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
     except ImportError:
         swagger_ui_path = None
-    rules_error: list[str] = []
-    try:
-        live = LiveRules(Path(s.rules_dir) if s.rules_dir else None, interval_s=2.0,
-                         on_error=lambda m: None)
-    except RulesError as e:  # the page still shows calls; the rules page says what is wrong
-        live, rules_error = None, [str(e)]
+    live: list[LiveRules] = []
 
     def current_rules():
         """The rules a trainer is editing, re-read when a file changes; None (and why) when they do not
-        validate."""
-        if live is None:
-            return None, rules_error[0]
-        rules = live.get()
-        return (rules, None) if live.error is None else (None, live.error)
+        validate (the call page still shows the call, the rules page says what is wrong)."""
+        if not live:
+            try:
+                live.append(LiveRules(Path(s.rules_dir) if s.rules_dir else None, interval_s=2.0))
+            except RulesError as e:
+                return None, str(e)
+        rules = live[0].get()
+        return (rules, None) if live[0].error is None else (None, live[0].error)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
