@@ -89,10 +89,15 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
     if tagger is None:
         from pipeline.tagging import LiveRules
         from pipeline.tagging.retag import retag
-        rules = LiveRules(s.rules_dir or None, on_error=log.error)
+        rules = LiveRules(s.rules_dir or None, on_error=log.error, on_info=log.info)
 
         def tagger(ev: CallTranscribed) -> CallTagged:
             return retag(ev, rules.get())
+
+        @app.timer(interval=2.0)
+        async def watch_rules():
+            # a trainer's edit is judged (and logged) when it is saved, not when the next call comes
+            rules.refresh()
 
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callqa-db")  # one writer
     sessions = None

@@ -8,6 +8,7 @@ import sys
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 from config.settings import Settings
 
@@ -22,6 +23,8 @@ def cmd_worker(args, s: Settings) -> int:
         return _err("no Kafka broker: set CALLQA_KAFKA_BOOTSTRAP=host:port "
                     "(or start a local one in another terminal with `callqa broker`)")
     from callqa.broker import BrokerError, ensure_topics, wait_for_broker
+    from models.db import session_factory
+    session_factory(s.db_url)  # a wrong database URL is said now, not after the first call
     try:
         wait_for_broker(s.kafka_bootstrap, timeout_s=30)
         ensure_topics(s.kafka_bootstrap, [s.topic_recorded, s.topic_transcribed, s.topic_tagged, s.topic_dlq,
@@ -59,44 +62,93 @@ def cmd_broker(args, s: Settings) -> int:
     return 0
 
 
-def _event_for_audio(args, s: Settings) -> "CallRecorded":
+def _manager_channel(name: str, channels: int, asked: Optional[str]) -> Optional[int]:
+    """The manager channel for a file with ``channels`` channels (default 0 on stereo). On a mono file
+    there is none; a channel asked for there would be silently ignored, so say so."""
+    mc = None if asked == "none" else int(asked or 0)
+    if channels < 2 and mc is not None:
+        if asked is not None:
+            print(f"callqa: warning: {name} is mono, so --manager-channel {asked} is ignored: both voices are on "
+                  "one channel and get speaker 'unknown' (pass --manager-channel none to say so)", file=sys.stderr)
+        mc = None
+    return mc
+
+
+def _progress_bar(total_s: float, desc: str, file=None):
+    from tqdm import tqdm
+    # the counts are seconds of audio (floats): format them, or tqdm prints 78.69999999999999/140.4
+    return tqdm(total=round(total_s, 1), unit="s", desc=desc, file=file or sys.stderr, leave=False,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
+
+
+def _audio_event(args, s: Settings, src: Path, mc: Optional[int]) -> "CallRecorded":
+    """The event for an audio file; a file outside the recordings directories is copied in under a name
+    derived from the call (see copy_into), never replacing another call's recording."""
     from models.events import CallRecorded
     from pipeline.audio import copy_into
 
-    src = Path(args.input).resolve()
-    if not src.is_file():
-        raise FileNotFoundError(f"no such file: {src}")
+    call_id = args.call_id or f"cli-{uuid.uuid4().hex[:12]}"
     allowed = s.allowed_dirs
-    path = src if any(src.is_relative_to(d) for d in allowed) else copy_into(src, allowed[0])
-    mc = None if args.manager_channel == "none" else int(args.manager_channel)
+    path = src if any(src.is_relative_to(d) for d in allowed) else copy_into(src, allowed[0], call_id)
     return CallRecorded(
-        call_id=args.call_id or f"cli-{uuid.uuid4().hex[:12]}", source="generic", manager_id=args.manager,
+        call_id=call_id, source="generic", manager_id=args.manager,
         manager_name=args.manager_name, team_id=args.team, language=args.language,
         started_at=datetime.now(timezone.utc), recording_url=path.as_uri(),
         channels={"layout": "mono" if mc is None else "stereo", "manager_channel": mc})
 
 
+def _broker_error(s: Settings, e: Exception) -> int:
+    return _err(f"no Kafka broker answered at {s.kafka_bootstrap} ({type(e).__name__}); nothing was published. "
+                "Is it running? Start one with `callqa broker`, or fix CALLQA_KAFKA_BOOTSTRAP.")
+
+
 def cmd_publish(args, s: Settings) -> int:
+    from kafka.errors import KafkaError
     from pydantic import ValidationError
 
     from callqa.publisher import Publisher
     from models.events import CallRecorded
+    from pipeline.audio import AudioError, probe
     if not s.kafka_bootstrap:
-        return _err("set CALLQA_KAFKA_BOOTSTRAP=host:port to publish")
+        return _err("set CALLQA_KAFKA_BOOTSTRAP=host:port to publish (`callqa broker` starts a local broker "
+                    "and prints the value)")
+    events: list = []
+    src, mc = None, None
     try:
         if args.input.endswith(".json"):
             data = json.loads(Path(args.input).read_text())
-            events = [CallRecorded.model_validate(d) for d in (data if isinstance(data, list) else [data])]
+            for n, d in enumerate(data if isinstance(data, list) else [data], 1):
+                try:
+                    events.append(CallRecorded.model_validate(d))
+                except ValidationError as e:
+                    problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or '(event)'}: {x['msg']}" for x in e.errors())
+                    return _err(f"{args.input}: event {n} is not a CallRecorded ({problems}); nothing was "
+                                "published. The README shows one.")
         else:
             if not args.manager:
                 return _err("publishing an audio file needs --manager ID")
-            events = [_event_for_audio(args, s)]
+            src = Path(args.input).resolve()
+            if not src.is_file():
+                return _err(f"no such file: {src}")
+            # a file the worker could not decode is refused here, not found out later as a failed call
+            mc = _manager_channel(src.name, probe(src).channels, args.manager_channel)
+    except AudioError as e:
+        return _err(f"{e}; nothing was published")
     except (OSError, ValueError, ValidationError) as e:
         return _err(str(e))
-    with Publisher(s.kafka_bootstrap, s.topic_recorded) as pub:
-        for ev in events:
-            pub.publish(ev)
-            print(f"published {ev.call_id} ({ev.manager_id}) to {s.topic_recorded}")
+    try:
+        with Publisher(s.kafka_bootstrap, s.topic_recorded) as pub:   # reach the broker before copying
+            if src is not None:
+                events = [_audio_event(args, s, src, mc)]
+            for ev in events:
+                pub.publish(ev)
+                print(f"published {ev.call_id} ({ev.manager_id}) to {s.topic_recorded}"
+                      + (f", recording {Path(ev.recording_url.removeprefix('file://'))}"
+                         if ev.recording_url.startswith("file://") else ""))
+    except KafkaError as e:
+        return _broker_error(s, e)
+    except OSError as e:
+        return _err(f"could not store the recording: {e}")
     return 0
 
 
@@ -108,18 +160,27 @@ def cmd_report(args, s: Settings) -> int:
     except ValueError as e:
         return _err(f"bad date: {e}")
     fmt = args.format
-    with session_factory(s.db_url)() as session:
+    with session_factory(s.db_url, must_exist=True)() as session:
         if args.what in ("managers", "manager"):
             rows = rp.manager_rows(session, s.min_calls_for_rank, scope, s.min_step_calls)
             if args.what == "manager":
                 if not args.id:
-                    return _err("which manager? callqa report manager ID")
-                rows = [r for r in rows if r["manager_id"] == args.id]
-                if not rows:
-                    return _err(f"no calls stored for manager {args.id!r}; `callqa report managers` lists them")
-                text = rp.render_manager(rows[0], s.min_calls_for_rank)
+                    return _err("which manager? callqa report manager ID (or \"Full Name\")")
+                row, same_name = rp.find_manager(rows, args.id)
+                if row is None:
+                    if same_name:
+                        return _err(f"{len(same_name)} managers are called {args.id!r}: "
+                                    f"{', '.join(r['manager_id'] for r in same_name)}; give the id")
+                    known = ", ".join(f"{r['manager_id']} ({r['manager_name']})" if r["manager_name"]
+                                      else r["manager_id"] for r in rows[:12])
+                    return _err(f"no calls stored for manager {args.id!r}"
+                                + (f" in {rp.scope_text(scope)}" if rp.scope_text(scope) else "")
+                                + (f"; managers: {known}" if known else f"; {rp.empty_reason(session, scope)}"))
+                rows = [row]
+                text = rp.render_manager(row, s.min_calls_for_rank)
             else:
-                text = rp.render_managers(rows, s.min_calls_for_rank)
+                text = rp.render_managers(rows, s.min_calls_for_rank,
+                                          empty="" if rows else rp.empty_reason(session, scope))
             out = {"table": text, "json": rp.render_json("managers", rows), "csv": rp.rows_csv(rows)}[fmt]
         elif args.what == "flagged":
             rows = rp.flagged_rows(session, scope)
@@ -133,6 +194,8 @@ def cmd_report(args, s: Settings) -> int:
             rows = rp.coaching_rows(session, scope)
             out = {"table": rp.render_coaching(rows), "json": rp.render_json("coaching", rows),
                    "csv": rp.coaching_csv(rows)}[fmt]
+        if fmt == "table" and args.what != "managers" and not rp.has_calls(session, scope):
+            out = rp.empty_reason(session, scope)
     sys.stdout.write(out if out.endswith("\n") or not out else out + "\n")
     return 0
 
@@ -162,7 +225,7 @@ def cmd_retag(args, s: Settings) -> int:
     if args.since:
         q = q.where(Call.started_at >= rp.parse_day(args.since, s.tz))
     changed = []
-    with session_factory(s.db_url)() as session:
+    with session_factory(s.db_url, must_exist=True)() as session:
         calls = session.scalars(q.order_by(Call.started_at)).all()
         for c in calls:
             old = CallTagged.model_validate(c.event)
@@ -183,10 +246,15 @@ def cmd_retag(args, s: Settings) -> int:
     print(f"{len(changed)} of {len(calls)} stored calls change with the current rules"
           + (" (dry run: nothing published)" if args.dry_run else ""))
     if not args.dry_run and changed:
+        from kafka.errors import KafkaError
+
         from callqa.publisher import Publisher
-        with Publisher(s.kafka_bootstrap, s.topic_tagged) as pub:
-            for new, _ in changed:
-                pub.publish_raw(new.call_id, new.model_dump_json().encode())
+        try:
+            with Publisher(s.kafka_bootstrap, s.topic_tagged) as pub:
+                for new, _ in changed:
+                    pub.publish_raw(new.call_id, new.model_dump_json().encode())
+        except KafkaError as e:
+            return _broker_error(s, e)
         print(f"published {len(changed)} re-tagged calls to {s.topic_tagged}; the worker stores them "
               "and replaces their contribution to the statistics")
     return 0
@@ -197,7 +265,7 @@ def cmd_review(args, s: Settings) -> int:
     from pipeline.store import record_review
     verdict = "agree" if args.agree else "disagree"
     try:
-        with session_factory(s.db_url).begin() as session:
+        with session_factory(s.db_url, must_exist=True).begin() as session:
             review = record_review(session, args.call_id, args.flag, verdict, args.comment, args.reviewer,
                                    at=args.at)
             at = review.flag_at
@@ -207,9 +275,100 @@ def cmd_review(args, s: Settings) -> int:
     return 0
 
 
+def _rules(s: Settings):
+    """The rules trainers edit: CALLQA_RULES_DIR when set (the copy a running worker follows), else the
+    packaged config/."""
+    from pipeline.tagging import load_rules
+    return load_rules(Path(s.rules_dir) if s.rules_dir else None)
+
+
 def cmd_tag(args, s: Settings) -> int:
-    from pipeline.tagging import tag_dialogues
-    tag_dialogues(args.input, args.output)
+    from pipeline.tagging import RulesError
+    from pipeline.tagging.dialogues import DialogueError, dialogue_segments, read_dialogues, tag_dialogue
+    from pipeline.tagging.explain import explain_call, render_text
+    if not args.output and not args.explain:
+        return _err("say where the results go: --output FILE (JSONL), and/or --explain to print why each turn "
+                    "got its step")
+    try:
+        rules = _rules(s)
+        dialogues = read_dialogues(sys.stdin if args.input == "-" else Path(args.input))
+    except RulesError as e:
+        return _err(f"the rules do not validate: {e}")
+    except FileNotFoundError:
+        return _err(f"no such file: {args.input}")
+    except (OSError, DialogueError) as e:
+        return _err(str(e))
+    out = Path(args.output).open("w", encoding="utf-8") if args.output else None
+    try:
+        for d in dialogues:
+            res, _ = tag_dialogue(d, rules)
+            if args.explain:
+                ex = explain_call(dialogue_segments(d["turns"], rules.flags.dialogue_turn_s),
+                                  d.get("language") or "auto", rules)
+                res["explanation"] = ex.model_dump(mode="json")
+                print(f"== {d.get('id') or '(no id)'} ==")
+                print(render_text(ex))
+                print()
+            if out:
+                out.write(json.dumps(res, ensure_ascii=False) + "\n")
+    finally:
+        if out:
+            out.close()
+    return 0
+
+
+def cmd_explain(args, s: Settings) -> int:
+    """Why each segment of a stored call has its step, with the current rules."""
+    from models.db import session_factory
+    from models.events import CallTagged
+    from models.tables import Call
+    from pipeline.tagging import RulesError
+    from pipeline.tagging.explain import explain_stored, render_text
+    try:
+        rules = _rules(s)
+    except RulesError as e:
+        return _err(f"the rules do not validate: {e}")
+    with session_factory(s.db_url, must_exist=True)() as session:
+        c = session.get(Call, args.call_id)
+        if c is None:
+            return _err(f"no call {args.call_id!r} is stored; `callqa report flagged` and the web pages show call ids")
+        if not c.event or not c.event.get("segments"):
+            return _err(f"call {args.call_id} has no transcript to explain (status {c.status}"
+                        + (f": {c.error}" if c.error else "") + ")")
+        event = CallTagged.model_validate(c.event)
+    ex = explain_stored(event, rules)
+    if args.format == "json":
+        print(ex.model_dump_json(indent=2))
+    else:
+        print(render_text(ex, only=set(args.segment) if args.segment else None))
+    return 0
+
+
+def cmd_rules(args, s: Settings) -> int:
+    from pipeline.tagging.rules import rules_state
+    st = rules_state(Path(s.rules_dir) if s.rules_dir else None)
+    if args.format == "json":
+        print(json.dumps(st, ensure_ascii=False, indent=2))
+        return 0 if st["ok"] else 2
+    where = "the packaged rules" if st["packaged"] else "CALLQA_RULES_DIR"
+    print(f"Rules: {st['source']} ({where})")
+    for f in st["files"]:
+        print(f"  {f['path']}  " + (f"modified {f['modified']}" if f["exists"] else "MISSING"))
+    if not st["ok"]:
+        print(f"\nNOT VALID: {st['error']}", file=sys.stderr)
+        print("A running worker keeps its last good rules until this is fixed; `callqa retag` and `callqa tag` "
+              "refuse to run.", file=sys.stderr)
+        return 2
+    for lang, sections in st["languages"].items():
+        cues = sections["cues"]
+        print(f"\n{lang}: " + ", ".join(f"{k} {v['phrases']}+{v['patterns']}" for k, v in cues.items()))
+        print(f"{' ' * len(lang)}  objections: " + ", ".join(f"{k} {v['phrases']}+{v['patterns']}"
+                                                               for k, v in sections["objections"].items()))
+    off = [k for k, on in st["flags"].items() if not on]
+    print(f"\nflags: {len(st['flags']) - len(off)} on" + (f", off: {', '.join(off)}" if off else ""))
+    print("\nOK: the rules validate (phrases+patterns per category). A running worker picks up an edit within "
+          "seconds; `callqa retag --dry-run` shows what it changes for stored calls. Context rules: "
+          "config/lexicon/CONTEXT_RULES.md")
     return 0
 
 
@@ -228,19 +387,18 @@ def cmd_transcribe(args, s: Settings) -> int:
     opts = options_from_settings(
         s, engine=args.engine, model=args.model, compute_type=args.compute_type, beam_size=args.beam_size,
         vad=args.vad, initial_prompt=args.prompt, hotwords=args.hotwords, cpu_threads=args.threads)
-    mc = None if args.manager_channel == "none" else int(args.manager_channel)
-    ev = CallRecorded(call_id="cli", manager_id="cli", recording_url=src.as_uri(), language=args.language,
-                      channels={"layout": "mono" if mc is None else "stereo", "manager_channel": mc})
     t0 = _time.perf_counter()
     bar = None
     try:
         info = probe(src)
+        mc = _manager_channel(src.name, info.channels, args.manager_channel)
+        ev = CallRecorded(call_id="cli", manager_id="cli", recording_url=src.as_uri(), language=args.language,
+                          channels={"layout": "mono" if mc is None else "stereo", "manager_channel": mc})
         channels = decode_channels(src, s.asr_max_audio_s)
         jobs = plan_channels(ev, info)
         total = sum(len(channels[j.channel or 0]) for j in jobs) / 16000
         if not args.no_progress and total >= 60:
-            from tqdm import tqdm
-            bar = tqdm(total=round(total, 1), unit="s", desc=src.name, file=sys.stderr, leave=False)
+            bar = _progress_bar(total, src.name)
         results = []
         for j in jobs:
             base = bar.n if bar else 0.0
@@ -296,7 +454,9 @@ def cmd_config(args, s: Settings) -> int:
 def cmd_web(args, s: Settings) -> int:
     import uvicorn
 
+    from models.db import session_factory
     from web.app import create_app
+    session_factory(s.db_url, must_exist=True)  # pages over a mistyped path would only say "no calls"
     print(f"callqa web on http://{args.host}:{args.port}/ (database: {s.db_url})")
     uvicorn.run(create_app(s), host=args.host, port=args.port, log_level="warning")
     return 0
@@ -327,8 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--team")
     pub.add_argument("--call-id")
     pub.add_argument("--language", choices=["ru", "en", "auto"], default="auto")
-    pub.add_argument("--manager-channel", choices=["0", "1", "none"], default="0",
-                     help="stereo channel of the manager; none = mono recording")
+    pub.add_argument("--manager-channel", choices=["0", "1", "none"], default=None,
+                     help="stereo channel of the manager (default 0); none = mono recording")
     pub.set_defaults(fn=cmd_publish)
 
     r = sub.add_parser("report", help="weak stages, flagged calls, flag rules, coaching",
@@ -365,18 +525,34 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--dry-run", action="store_true", help="show what would change, publish nothing")
     rt.set_defaults(fn=cmd_retag)
 
-    t = sub.add_parser("tag", help="tag dialogues from a JSONL file (the eval format)")
-    t.add_argument("--input", required=True)
-    t.add_argument("--output", required=True)
+    t = sub.add_parser("tag", help="tag text dialogues from a JSONL file (with the rules in CALLQA_RULES_DIR)",
+                       description="One dialogue per line: {\"id\": \"d1\", \"language\": \"en|ru|auto\", "
+                                   "\"turns\": [{\"speaker\": \"manager|client\", \"text\": \"...\"}]}. "
+                                   "Tags with CALLQA_RULES_DIR when set, so an edit can be tried before it is applied.")
+    t.add_argument("--input", required=True, help="JSONL file, or - for standard input")
+    t.add_argument("--output", help="JSONL results, one line per dialogue")
+    t.add_argument("--explain", action="store_true",
+                   help="print why each turn got its step (phrases matched, context rules applied)")
     t.set_defaults(fn=cmd_tag)
+
+    ex = sub.add_parser("explain", help="why each segment of a stored call has its step (current rules)")
+    ex.add_argument("call_id")
+    ex.add_argument("--segment", type=int, action="append", help="only this segment number (repeatable)")
+    ex.add_argument("--format", choices=["text", "json"], default="text")
+    ex.set_defaults(fn=cmd_explain)
+
+    ru = sub.add_parser("rules", help="the tagging rules trainers edit: check that they validate, and what they hold")
+    ru.add_argument("action", choices=["check"])
+    ru.add_argument("--format", choices=["text", "json"], default="text")
+    ru.set_defaults(fn=cmd_rules)
 
     tr = sub.add_parser("transcribe", help="transcribe one recording and print the turns")
     tr.add_argument("file")
     tr.add_argument("--engine", choices=["faster-whisper", "openai-whisper"])
     tr.add_argument("--model")
     tr.add_argument("--language", choices=["ru", "en", "auto"], default="auto")
-    tr.add_argument("--manager-channel", choices=["0", "1", "none"], default="0",
-                    help="stereo channel of the manager; none = transcribe as mono (speaker unknown)")
+    tr.add_argument("--manager-channel", choices=["0", "1", "none"], default=None,
+                    help="stereo channel of the manager (default 0); none = transcribe as mono (speaker unknown)")
     tr.add_argument("--compute-type", choices=["int8", "float32", "float16", "int8_float32"])
     tr.add_argument("--beam-size", type=int)
     tr.add_argument("--vad", action=argparse.BooleanOptionalAction, default=None, help="voice activity filter")
@@ -407,9 +583,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from models.db import DatabaseError
+
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except ValueError as e:
         return _err(str(e))
-    return args.fn(args, settings)
+    try:
+        return args.fn(args, settings)
+    except DatabaseError as e:
+        return _err(str(e))
+    except KeyboardInterrupt:
+        return 130

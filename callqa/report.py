@@ -137,13 +137,57 @@ def _pct(v: Optional[float]) -> str:
     return "–" if v is None else f"{round(v * 100)}%"
 
 
-def _calls(n: int) -> str:
-    return f"{n} call" if n == 1 else f"{n} calls"
-
-
 def _gap(gap: float, margin: Optional[float]) -> str:
     """'-19 ±12 pts': the shortfall and the half-width of its 90 % interval."""
     return f"-{round(gap * 100)}" + (f" ±{round(margin * 100)}" if margin is not None else "") + " pts"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def find_manager(rows: list[dict], key: str) -> tuple[Optional[dict], list[dict]]:
+    """A manager by id, else by name (case-insensitive): (the row, []) or (None, the candidates when the
+    name is ambiguous)."""
+    by_id = [r for r in rows if r["manager_id"] == key]
+    if by_id:
+        return by_id[0], []
+    folded = key.casefold().strip()
+    by_name = [r for r in rows if (r["manager_name"] or "").casefold().strip() == folded]
+    return (by_name[0], []) if len(by_name) == 1 else (None, by_name)
+
+
+def scope_text(scope: Scope) -> str:
+    parts = [f"team {scope.team_id}"] if scope.team_id is not None else []
+    if scope.since is not None or scope.until is not None:
+        parts.append(f"{scope.since.date() if scope.since else '…'} to "
+                     f"{(scope.until - timedelta(seconds=1)).date() if scope.until else '…'}")
+    return ", ".join(parts)
+
+
+def has_calls(session: Session, scope: Scope) -> bool:
+    return session.scalar(scope.calls(select(Call.call_id)).limit(1)) is not None
+
+
+def empty_reason(session: Session, scope: Scope, what: str = "calls") -> str:
+    """Why a report has no rows: nothing stored at all, or nothing in the team or dates asked for."""
+    from sqlalchemy import func
+    total = session.scalar(select(func.count()).select_from(Call)) or 0
+    if not total:
+        return ("No calls stored yet. Publish some (callqa publish) and keep a worker running (callqa worker); "
+                "if calls were stored elsewhere, check CALLQA_DATABASE_URL.")
+    if scope.team_id is not None:
+        teams = sorted(t for t in session.scalars(select(Call.team_id).distinct()) if t)
+        if scope.team_id not in teams:
+            return (f"No calls for team {scope.team_id!r}. Teams with calls: {', '.join(teams) or 'none'} "
+                    "(--team takes a team id).")
+    span = ""
+    if scope.since is not None or scope.until is not None:
+        first, last = session.execute(select(func.min(Call.started_at), func.max(Call.started_at))).one()
+        span = (f" Stored calls run from {as_utc(first).astimezone(scope.tz).date()} to "
+                f"{as_utc(last).astimezone(scope.tz).date()}.")
+    where = scope_text(scope)
+    return f"No {what}{f' in {where}' if where else ''}.{span}"
 
 
 def table(head: list[str], body: list[list[Any]], right: set[int] = frozenset()) -> str:
@@ -155,38 +199,41 @@ def table(head: list[str], body: list[list[Any]], right: set[int] = frozenset())
     return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(b) for b in body])
 
 
-def render_managers(rows: list[dict], min_calls: int) -> str:
+def render_managers(rows: list[dict], min_calls: int, empty: str = "") -> str:
     if not rows:
-        return "No calls stored yet. Publish some (callqa publish) and keep a worker running (callqa worker)."
-    head = ["Manager", "Team", "Calls"] + [SHORT[s] for s in STEPS] + ["Weak stage"]
+        return empty or "No calls stored yet. Publish some (callqa publish) and keep a worker running (callqa worker)."
+    head = ["Manager", "Id", "Team", "Calls"] + [SHORT[s] for s in STEPS] + ["Weak stage"]
     body = []
     for r in rows:
         if r["weak_stage"]:
-            weak = f"{r['weak_stage']} ({_gap(r['weak_gap'], r['weak_margin'])} vs team, {_calls(r['weak_calls'])})"
+            weak = f"{r['weak_stage']} ({_gap(r['weak_gap'], r['weak_margin'])} vs team, {plural(r['weak_calls'], 'call')})"
         elif r["enough_calls"]:
             weak = "(none: at or above the team)"
         else:
             weak = f"not enough calls (<{min_calls})"
         calls = str(r["calls"]) + (f" +{r['failed_calls']} failed" if r["failed_calls"] else "")
-        body.append([r["manager_name"] or r["manager_id"], r["team_id"] or "–", calls]
+        body.append([r["manager_name"] or r["manager_id"], r["manager_id"], r["team_id"] or "–", calls]
                     + [_pct(r["steps"].get(s, {}).get("score")) for s in STEPS] + [weak])
-    return (table(head, body, right={2, 3, 4, 5, 6, 7}) + "\n\n"
+    return (table(head, body, right={3, 4, 5, 6, 7, 8}) + "\n\n"
             "Step columns: the manager's score per step (100% = done well on every call, a weak step counts half; "
             "objection handling only on calls with objections).\nWeak stage = the largest shortfall against the "
-            "team's pooled score, named once a manager has enough calls.")
+            "team's pooled score, named once a manager has enough calls.\n"
+            "One manager in detail: callqa report manager ID (or the name in quotes).")
 
 
 def render_manager(row: dict, min_calls: int) -> str:
     head = ["Step", "Occurred", "Quality ok", "Next step", "Score", "Team", "vs team"]
-    body = [[s, _pct(v["share"]), _pct(v["pass_rate"]), _pct(v["conversion"]), _pct(v["score"]),
+    # the closing step has no next step to convert to: "–", not 0 %
+    body = [[s, _pct(v["share"]), _pct(v["pass_rate"]), "–" if s == STEPS[-1] else _pct(v["conversion"]),
+             _pct(v["score"]),
              _pct(v["team_score"]), "–" if v["gap"] is None else f"{round(-v['gap'] * 100):+d} pts"]
             for s, v in row["steps"].items()]
     lines = [f"{row['manager_name'] or row['manager_id']} ({row['manager_id']}), team {row['team_id'] or '–'}: "
-             f"{row['calls']} calls" + (f", {row['failed_calls']} failed" if row["failed_calls"] else ""),
+             f"{plural(row['calls'], 'call')}" + (f", {row['failed_calls']} failed" if row["failed_calls"] else ""),
              "", table(head, body, right={1, 2, 3, 4, 5, 6}), ""]
     if row["weak_stage"]:
         lines.append(f"Weak stage: {row['weak_stage']} ({_gap(row['weak_gap'], row['weak_margin'])} below the "
-                     f"team, {_calls(row['weak_calls'])}; ± is a 90% interval)")
+                     f"team, {plural(row['weak_calls'], 'call')}; ± is a 90% interval)")
     elif not row["enough_calls"]:
         lines.append(f"Weak stage: not enough calls yet (needs {min_calls})")
     if row["objections"]:
@@ -334,13 +381,29 @@ def coaching_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def _flatten(value: Any, prefix: str, out: dict) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(v, f"{prefix}_{k}" if prefix else str(k), out)
+    elif isinstance(value, list):
+        out[prefix] = "; ".join(str(v) for v in value)
+    else:
+        out[prefix] = value
+
+
 def rows_csv(rows: list[dict]) -> str:
+    """One column per value: nested figures become columns like ``steps_closing_score`` or
+    ``objections_price_raised``, so a spreadsheet can sum and sort them."""
     if not rows:
         return ""
-    flat = [{k: (json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v) for k, v in r.items()}
-            for r in rows]
+    flat = []
+    for r in rows:
+        out: dict = {}
+        _flatten(r, "", out)
+        flat.append(out)
+    fields = list(dict.fromkeys(k for f in flat for k in f))  # a column any row has (objection kinds differ)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(flat[0]))
+    w = csv.DictWriter(buf, fieldnames=fields, restval="")
     w.writeheader()
     w.writerows(flat)
     return buf.getvalue()

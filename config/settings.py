@@ -22,7 +22,8 @@ def setting(env: str, default: Any, help: str) -> Any:
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str = setting(
-        "CALLQA_KAFKA_BOOTSTRAP", "", "Kafka bootstrap servers (host:port,...); empty = start a local broker")
+        "CALLQA_KAFKA_BOOTSTRAP", "", "Kafka bootstrap servers (host:port,...); worker, publish and retag need it "
+        "(`callqa broker` runs a local one); only `callqa demo` starts its own broker when it is empty")
     database_url: str = setting(
         "CALLQA_DATABASE_URL", "", "SQLAlchemy URL; empty = SQLite file in CALLQA_HOME")
     app_id: str = setting("CALLQA_APP_ID", "callqa", "Faust app id (consumer group)")

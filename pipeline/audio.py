@@ -5,6 +5,8 @@ the pipeline turns it into a dead letter and a failed call, never a crash.
 """
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +153,33 @@ def _decode(path: Path, info: AudioInfo, max_duration_s: float | None) -> list[n
     return [np.ascontiguousarray(data[i]) for i in range(data.shape[0])]
 
 
-def copy_into(path: Path, directory: Path) -> Path:
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def copy_into(path: Path, directory: Path, call_id: str) -> Path:
+    """Copy a recording into ``directory`` under a name derived from its call, never replacing a
+    different file: PBX exports share names like ``call.wav``, and a call's page must keep playing
+    its own audio. The same bytes published again reuse the stored copy."""
     directory.mkdir(parents=True, exist_ok=True)
-    dest = directory / path.name
-    shutil.copyfile(path, dest)
-    return dest
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", call_id).strip("._")[:100] or "call"
+    suffix = re.sub(r"[^A-Za-z0-9.]+", "", path.suffix.lower())[:10]
+    digest = _digest(path)
+    for name in (f"{stem}{suffix}", f"{stem}-{digest[:12]}{suffix}", f"{stem}-{digest}{suffix}"):
+        dest = directory / name
+        if dest.exists():
+            if dest.is_file() and _digest(dest) == digest:
+                return dest
+            continue
+        try:
+            with dest.open("xb") as out, path.open("rb") as src:   # "x": never replaces a file that
+                shutil.copyfileobj(src, out, 1 << 20)             # appeared since the check
+        except FileExistsError:
+            continue
+        return dest
+    raise FileExistsError(f"{directory} already holds different recordings named after call {call_id}; "
+                          "publish with another --call-id")

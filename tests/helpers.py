@@ -99,3 +99,12 @@ def consume_all(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list:
         return list(c)
     finally:
         c.close()
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, input: str | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    """The real `callqa` command in a child process, as a user runs it; CALLQA_* come only from ``env``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CALLQA_") or k == "CALLQA_SHARED_DIR"}
+    base["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    return subprocess.run([sys.executable, "-m", "callqa", *args], env={**base, **(env or {})}, cwd=cwd or REPO,
+                          capture_output=True, text=True, input=input, timeout=timeout)

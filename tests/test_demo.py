@@ -7,7 +7,9 @@ import pytest
 
 from callqa.demo.run import DEMO_DIR, run_demo
 from models.events import CallFlagged
-from models.tables import FlagRow
+from models.tables import FlagRow, Review
+from pipeline.store import record_review, store_tagged
+from tests.test_report import call
 from tests.helpers import consume_all
 from callqa.report import manager_rows
 from config.settings import Settings
@@ -18,9 +20,18 @@ pytestmark = pytest.mark.slow
 
 def test_demo_report_names_the_intended_weak_stages(kafka_bootstrap, tmp_path, capsys):
     s = Settings(kafka_bootstrap=kafka_bootstrap, home=str(tmp_path / "demo"), app_id="callqa-demo-test")
+    # a previous demo run on which a sales head reviewed a flag: the reset keeps that review
+    with session_factory(s.db_url).begin() as session:
+        store_tagged(session, call("demo-ru-anna-03", "mgr-anna-petrova", objections=[("price", False, 20)],
+                                   flags=["unanswered_objection"]))
+        record_review(session, "demo-ru-anna-03", "unanswered_objection", "agree", "coach on price", "head")
     assert run_demo(s, timeout_s=600) == 0
     out = capsys.readouterr().out
     assert "Weak stage" in out and "Anna Petrova" in out
+    assert "Resetting the demo" in out and "Kept 1 review(s) from the previous demo run" in out
+    with session_factory(s.db_url)() as session:
+        kept = [(r.call_id, r.flag_code, r.verdict, r.comment) for r in session.query(Review)]
+    assert kept == [("demo-ru-anna-03", "unanswered_objection", "agree", "coach on price")]
     intended = {c["manager_id"]: c["intended"]["weak_stage"]
                 for c in json.loads((DEMO_DIR / "calls.json").read_text())}
     with session_factory(f"sqlite:///{tmp_path / 'demo' / 'callqa.db'}")() as session:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -120,3 +121,23 @@ def test_cli_reports(db, capsys):
     assert main(["report", "manager", "nobody"]) == 2
     assert "no calls stored for manager" in capsys.readouterr().err
     assert main(["report", "managers", "--since", "yesterday"]) == 2
+
+
+def test_manager_report_wording(db, capsys):
+    assert main(["report", "manager", "cat"]) == 0
+    out = capsys.readouterr().out
+    closing = next(line for line in out.splitlines() if line.startswith("closing "))
+    assert closing.split()[3] == "–"          # Next step: the closing step has none (was "0%")
+    assert "1 call" in out and "1 calls" not in out
+
+
+def test_transcribe_progress_bar_shows_rounded_seconds():
+    from callqa.cli import _progress_bar
+    buf = io.StringIO()
+    bar = _progress_bar(140.4, "call.wav", file=buf)
+    for _ in range(787):
+        bar.update(0.1)
+    bar.refresh()
+    bar.close()
+    shown = re.findall(r"(\d+(?:\.\d+)?)/140\.4", buf.getvalue())
+    assert shown and all(len(x.split(".")[-1]) <= 1 for x in shown) and "78.7/140.4" in buf.getvalue()

@@ -36,6 +36,13 @@ def set_monologue_limit(d, seconds: int) -> None:
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a visible change even on coarse clocks
 
 
+def wait_for(cond, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"not seen within {timeout_s}s"
+        time.sleep(0.5)
+
+
 def long_call(call_id: str = "retag-1") -> CallTranscribed:
     return CallTranscribed.model_validate({
         "call_id": call_id, "manager_id": "m-retag", "language": "en", "recording_url": "file:///r.wav",
@@ -105,6 +112,14 @@ def test_retag_stored_calls_through_the_worker(kafka_bootstrap, tmp_path, monkey
         assert "keeping the previous rules" in w.log.read_text()
         assert main(["retag"]) == 2
         assert "flags.yaml" in capsys.readouterr().err
+        # the worker judges an edit when it is saved, with no call to tag: a new broken edit is logged...
+        seen = w.log.read_text().count("rules edit rejected")
+        (d / "flags.yaml").write_text("flags: {long_monologue: {max_s: later}}\n")
+        wait_for(lambda: w.log.read_text().count("rules edit rejected") > seen, 20)
+        # ...and so is the edit that fixes it
+        shutil.copy(DEFAULT_CONFIG_DIR / "flags.yaml", d / "flags.yaml")
+        set_monologue_limit(d, 30)
+        wait_for(lambda: "rules fixed" in w.log.read_text(), 20)
     finally:
         w.stop()
     assert load_rules(DEFAULT_CONFIG_DIR).flags  # the packaged rules are untouched

@@ -462,3 +462,26 @@ def test_yaml_wrong_language_and_category(tmp_path):
     p.write_text("language: en\ncues:\n  closng:\n    phrases: [deal]\n", encoding="utf-8")
     with pytest.raises(RulesError, match=r"en\.yaml: cues\.closng: unknown cue category"):
         load_rules(cfg)
+
+
+def test_tagging_modules_have_no_import_cycle():
+    """rules.py and tagger.py used to import each other (one of them inside a function)."""
+    import ast
+
+    pkg = REPO / "pipeline" / "tagging"
+    graph = {}
+    for f in pkg.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+        graph[f.stem] = deps
+
+    def reach(start, seen):
+        for d in graph.get(start, ()):
+            if d not in seen:
+                seen.add(d)
+                reach(d, seen)
+        return seen
+    cycles = sorted(m for m in graph if m in reach(m, set()))
+    assert cycles == [], f"modules in an import cycle: {cycles}"

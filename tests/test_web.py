@@ -1,6 +1,7 @@
 """The web pages and JSON API over a real (SQLite) database."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -26,7 +27,9 @@ def client(tmp_path, shared_dir):
         store_tagged(db, call("b1", "bob", objections=[("price", True, 20)]))
         store_tagged(db, call("b2", "bob", flags=["long_monologue"], day=2))
     from web.app import create_app
-    return TestClient(create_app(s))
+    c = TestClient(create_app(s))
+    c.app_state = {"sessions": sessions}
+    return c
 
 
 def test_pages_render_what_the_reports_say(client):
@@ -66,3 +69,67 @@ def test_audio_is_served_only_from_allowed_dirs_with_ranges(client):
     r = client.get("/calls/a1/audio", headers={"Range": "bytes=0-99"})
     assert r.status_code == 206 and len(r.content) == 100
     assert client.get("/calls/a2/audio").status_code == 404  # file:///rec/a2.wav is not in the allowed dirs
+
+
+def test_unknown_pages_are_pages_and_the_api_stays_json(client):
+    r = client.get("/managers/nobody")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+    assert "No calls are stored for manager &#39;nobody&#39;" in r.text and 'href="/"' in r.text
+    r = client.get("/calls/<b>nope")
+    assert r.status_code == 404 and "No call &#39;&lt;b&gt;nope&#39; is stored" in r.text and "<b>nope" not in r.text
+    r = client.get("/api/nothing-here")
+    assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
+
+
+def test_api_docs_work_offline(client):
+    r = client.get("/api/docs")
+    assert r.status_code == 200 and "swagger" in r.text.lower()
+    assert "cdn." not in r.text and "https://" not in r.text.replace("https://fastapi.tiangolo.com", "")
+    for src in re.findall(r'(?:src|href)="(/static/[^"]+)"', r.text):
+        asset = client.get(src)
+        assert asset.status_code == 200 and len(asset.content) > 100, src
+    assert '/static/swagger/swagger-ui-bundle.js' in r.text
+    assert client.get("/api/openapi.json").json()["paths"]
+
+
+def test_manager_page_wording(client):
+    r = client.get("/managers/bob")
+    closing = r.text.split('<span class="chip closing">closing</span>')[1].split("</tr>")[0]
+    assert re.findall(r'<td class="num">([^<]*)</td>', closing)[2] == "–"   # no step after closing
+    assert "1 calls" not in client.get("/").text + r.text
+
+
+def test_call_page_explains_each_turn_with_the_current_rules(client, tmp_path):
+    from models.events import CallTranscribed
+    from pipeline.tagging import load_rules
+    from pipeline.tagging.retag import retag
+    turns = [("manager", "Hello, this is Ann from Acme."), ("client", "Hi."),
+             ("manager", "We offer a warehouse platform, it costs 200 a month. <script>alert(1)</script>"),
+             ("client", "I will think about it."), ("manager", "Okay, let us keep in touch.")]
+    ev = CallTranscribed.model_validate({
+        "call_id": "x1", "manager_id": "anna", "language": "en", "recording_url": "file:///r/x1.wav",
+        "asr": {"engine": "faster-whisper", "model": "base", "compute_type": "int8", "audio_s": 20, "wall_s": 2},
+        "segments": [{"speaker": sp, "start": i * 4.0, "end": i * 4.0 + 3, "text": t}
+                     for i, (sp, t) in enumerate(turns)]})
+    with client.app_state["sessions"].begin() as db:
+        store_tagged(db, retag(ev, load_rules()))
+    r = client.get("/calls/x1")
+    assert r.status_code == 200 and r.text.count('<details class="why">') == 5
+    assert "cues.presentation" in r.text and "we offer" in r.text
+    assert "manager-vague-next-step" in r.text and "objection-unanswered" in r.text
+    assert "<script>alert(1)</script>" not in r.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in r.text
+
+
+def test_rules_page_shows_the_state(tmp_path, shared_dir):
+    from tests.test_explain import rules_copy
+    d = rules_copy(tmp_path)
+    s = Settings(home=str(tmp_path), rules_dir=str(d))
+    session_factory(s.db_url)
+    from web.app import create_app
+    c = TestClient(create_app(s))
+    r = c.get("/rules")
+    assert r.status_code == 200 and "Valid." in r.text and "cues.closing" in r.text
+    assert "answer-to-product-question" in r.text and str(d) in r.text
+    (d / "flags.yaml").write_text("flags: {long_monologue: {max_s: soon}}\n")
+    r = c.get("/rules")
+    assert "Not valid" in r.text and "long_monologue.max_s" in r.text

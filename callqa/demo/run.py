@@ -28,6 +28,50 @@ def demo_events(recordings: Path) -> list:
     return events
 
 
+def _saved_reviews(db_url: str) -> list[dict]:
+    """Reviews made on an earlier demo's calls, read before the demo resets its database."""
+    from sqlalchemy import select
+
+    from models.db import session_factory, sqlite_path
+    from models.tables import Review
+    path = sqlite_path(db_url)
+    if path is None or not path.is_file():
+        return []
+    try:
+        with session_factory(db_url)() as session:
+            return [{"call_id": r.call_id, "flag": r.flag_code, "verdict": r.verdict, "comment": r.comment,
+                     "reviewer": r.reviewer, "created_at": r.created_at} for r in session.scalars(select(Review))]
+    except Exception as e:  # an unreadable old database must not stop the demo; say what is lost
+        print(f"  (could not read the reviews of the previous demo database: {e})")
+        return []
+
+
+def _restore_reviews(sessions, reviews: list[dict]) -> tuple[int, list[str]]:
+    from pipeline.store import record_review
+    kept, lost = 0, []
+    for r in reviews:
+        try:
+            with sessions.begin() as session:
+                rv = record_review(session, r["call_id"], r["flag"], r["verdict"], r["comment"], r["reviewer"])
+                if r["created_at"] is not None:
+                    rv.created_at = r["created_at"]
+            kept += 1
+        except (LookupError, ValueError):
+            lost.append(f"{r['call_id']} {r['flag']}")  # this run did not raise that flag again
+    return kept, lost
+
+
+def _callqa_command() -> str:
+    """How to run callqa again from here: the script beside this Python (.venv/bin/callqa), else callqa."""
+    script = Path(sys.executable).parent / "callqa"
+    if not script.exists():
+        return "callqa"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 def _progress(done: int, total: int, started: float, last: list) -> None:
     if sys.stdout.isatty():
         bar = "#" * int(30 * done / total) + "-" * (30 - int(30 * done / total))
@@ -48,11 +92,16 @@ def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
     from models.tables import Call
 
     home = base.home_dir / "demo" if not base.home else base.home_dir
-    shutil.rmtree(home, ignore_errors=True)  # a demo starts from a clean database every time
+    s = replace(base, home=str(home), recordings_dir=str(home / "recordings"), database_url=base.database_url,
+                app_id=f"{base.app_id}-demo")
+    reviews = _saved_reviews(s.db_url)
+    if home.exists():
+        # the figures must come from this run's calls alone; what people added (reviews) is carried over
+        print(f"Resetting the demo in {home} (database, recordings, broker data)"
+              + (f"; the {len(reviews)} review(s) made on the demo calls are kept" if reviews else "") + ".")
+    shutil.rmtree(home, ignore_errors=True)
     recordings = home / "recordings"
     recordings.mkdir(parents=True)
-    s = replace(base, home=str(home), recordings_dir=str(recordings), database_url=base.database_url,
-                app_id=f"{base.app_id}-demo")
     broker = None
     worker = None
     try:
@@ -97,6 +146,10 @@ def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
             _progress(done, len(ids), started, last)
             time.sleep(1.0)
         print()
+        if reviews:
+            kept, lost = _restore_reviews(sessions, reviews)
+            print(f"Kept {kept} review(s) from the previous demo run"
+                  + (f"; {len(lost)} no longer apply (flag not raised this time): {', '.join(lost)}" if lost else ""))
         with sessions() as session:
             failed = session.scalars(select(Call).where(Call.call_id.in_(ids), Call.status == "failed")).all()
             rows = manager_rows(session, s.min_calls_for_rank)
@@ -106,10 +159,11 @@ def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
         print(render_managers(rows, s.min_calls_for_rank))
         print()
         print(f"Database: {s.db_url}")
-        print(f"Again, any time: CALLQA_DATABASE_URL={s.db_url} callqa report "
+        cmd = _callqa_command()
+        print(f"Again, any time: CALLQA_DATABASE_URL={s.db_url} {cmd} report "
               "[managers|manager ID|flagged|flags|coaching]")
         print(f"In a browser:    CALLQA_DATABASE_URL={s.db_url} CALLQA_RECORDINGS_DIR={s.recordings_dir} "
-              "callqa web  (http://127.0.0.1:8080/)")
+              f"{cmd} web  (http://127.0.0.1:8080/)")
         return 0 if not failed else 1
     except KeyboardInterrupt:
         print("\ninterrupted; stopping the worker and the broker")

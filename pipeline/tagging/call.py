@@ -61,6 +61,12 @@ def _resolve_language(language: Optional[str], segments: list[Segment]) -> str:
 def tag_call(segments: list[Segment], language: str, duration_s: float | None = None,
              rules: Rules | None = None) -> Tagging:
     """Tag a transcribed call: per-segment steps, step verdicts, objections, metrics, flags."""
+    return tag_call_detailed(segments, language, duration_s, rules)[0]
+
+
+def tag_call_detailed(segments: list[Segment], language: str, duration_s: float | None = None,
+                      rules: Rules | None = None) -> tuple[Tagging, list[SegTag]]:
+    """tag_call plus the per-segment working (cue hits, context rules fired), for explanations."""
     rules = rules or default_rules()
     lang = _resolve_language(language, segments)
     comp = rules.compiled(lang)
@@ -176,7 +182,7 @@ def tag_call(segments: list[Segment], language: str, duration_s: float | None = 
     flags = compute_flags(segments=segs, metrics=metrics, steps=steps, objections=objections,
                           duration_s=duration, cfg=cfg, language=lang)
     return Tagging(utterance_tags=utterance_tags, steps=steps, furthest_step=furthest,
-                   objections=objections, metrics=metrics, flags=flags, language=lang)
+                   objections=objections, metrics=metrics, flags=flags, language=lang), tags
 
 
 def _closing_verdict(segs: list[Segment], tags: list[SegTag], t: dict, present: bool,

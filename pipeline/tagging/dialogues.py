@@ -1,9 +1,14 @@
-"""Tagging text dialogues in the ``shared/eval/dialogues.jsonl`` format (for ``callqa tag``)."""
+"""Tagging text dialogues in the ``shared/eval/dialogues.jsonl`` format (for ``callqa tag``).
+
+One JSON object per line: ``{"id": "d1", "language": "en" | "ru" | "auto", "turns": [{"speaker":
+"manager" | "client", "text": "..."}, ...]}``. Other keys (the eval labels) are ignored; a speaker
+other than manager or client is "unknown".
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import IO, Iterable, Optional, Union
 
 from models.events import Segment, Tagging
 
@@ -40,16 +45,45 @@ def tag_dialogue(d: dict, rules: Optional[Rules] = None) -> tuple[dict, Tagging]
     return out, tg
 
 
+class DialogueError(ValueError):
+    """A line of the input is not a dialogue; the message names file and line."""
+
+
+def _lines(f: IO[str], name: str) -> Iterable[dict]:
+    for n, line in enumerate(f, 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DialogueError(f"{name}:{n}: not valid JSON: {e}") from None
+
+
 def iter_jsonl(path: Path) -> Iterable[dict]:
     with Path(path).open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON: {e}") from e
+        yield from _lines(f, str(path))
+
+
+def read_dialogues(source: Union[Path, IO[str]]) -> list[dict]:
+    """All dialogues of a JSONL file (or an open text stream), checked for the shape tagging needs."""
+    name = str(source) if isinstance(source, Path) else "<stdin>"
+    if isinstance(source, Path):
+        with source.open(encoding="utf-8") as f:
+            items = list(_lines(f, name))
+    else:
+        items = list(_lines(source, name))
+    for n, d in enumerate(items, 1):
+        where = f"{name}: dialogue {n}" + (f" ({d.get('id')})" if isinstance(d, dict) and d.get("id") else "")
+        if not isinstance(d, dict) or not isinstance(d.get("turns"), list):
+            raise DialogueError(f"{where}: expected an object with \"turns\": [{{\"speaker\": \"manager\", "
+                                "\"text\": \"...\"}, ...]")
+        for i, t in enumerate(d["turns"]):
+            if not isinstance(t, dict) or not isinstance(t.get("text", ""), str):
+                raise DialogueError(f"{where}: turns[{i}]: expected {{\"speaker\": ..., \"text\": \"...\"}}")
+        if d.get("language") not in (None, "auto", "en", "ru"):
+            raise DialogueError(f"{where}: language {d['language']!r}: use en, ru or auto")
+    return items
 
 
 def tag_dialogues(input_path, output_path, rules: Optional[Rules] = None) -> None:

@@ -5,7 +5,7 @@ from typing import Optional
 
 from models.events import Flag, Metrics, Segment
 
-from .rules import FlagsConfig
+from .schema import FlagsConfig
 
 
 def _union_length(intervals: list[tuple[float, float]]) -> float:

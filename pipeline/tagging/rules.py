@@ -14,98 +14,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
+
+from .matcher import CompiledLexicon
+from .schema import CUE_CATEGORIES, LANGUAGES, OBJECTION_KINDS, FlagsConfig, Lexicon
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
-LANGUAGES = ("en", "ru")
-
-# Cue categories a lexicon may define (see the comments in config/lexicon/en.yaml).
-CUE_CATEGORIES = (
-    "greeting",          # hello, my name is, X from Y, is it convenient to talk
-    "greeting_question",  # how can I help you (rule 5: greeting, not needs)
-    "needs_question",    # manager questions about the client's situation / budget / volumes
-    "needs_statement",   # client statements of need ("I'm looking for", "our budget is")
-    "presentation",      # the offer: we have, I recommend, it costs, includes
-    "product_question",  # client questions about the product / price before a decision
-    "closing",           # concrete next step / commitment (order, meeting, contract, invoice)
-    "closing_send",      # send the KP / price list / quote / info to e-mail
-    "closing_accept",    # client agreement to a proposed next step (agreed, deal)
-    "concrete_time",     # a date or time that makes a next step concrete
-    "vague_next_step",   # keep in touch / будем на связи (not a closing by itself)
-    "hold",              # let me check, one moment
-    "connection",        # hello? can you hear me?
-    "farewell",          # thanks, bye
-    "navigation",        # gatekeeper: put me through, is the director in
-    "service",           # support/service problem talk (negative control)
-)
-OBJECTION_KINDS = ("price", "supplier", "think", "timing", "trust", "no_need", "send_info", "other")
 
 
 class RulesError(ValueError):
     """A configuration file is missing or invalid; the message names file and key."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CueList(_Strict):
-    phrases: list[str] = Field(default_factory=list)
-    patterns: list[str] = Field(default_factory=list)
-
-
-class Lexicon(_Strict):
-    language: str
-    question_words: list[str] = Field(default_factory=list)
-    cues: dict[str, CueList] = Field(default_factory=dict)
-    objections: dict[str, CueList] = Field(default_factory=dict)
-
-
-class FlagToggle(_Strict):
-    enabled: bool = True
-
-
-class NoClosingFlag(FlagToggle):
-    min_call_s: float = Field(120.0, ge=0)
-
-
-class LongMonologueFlag(FlagToggle):
-    max_s: float = Field(60.0, gt=0)
-
-
-class HighTalkRatioFlag(FlagToggle):
-    max_percent: float = Field(70.0, gt=0, le=100)
-    min_speech_s: float = Field(30.0, ge=0)
-
-
-class NoNeedsFlag(FlagToggle):
-    min_call_s: float = Field(30.0, ge=0)
-
-
-class FlagSettings(_Strict):
-    unanswered_objection: FlagToggle = Field(default_factory=FlagToggle)
-    no_needs_discovery: NoNeedsFlag = Field(default_factory=NoNeedsFlag)
-    no_closing_attempt: NoClosingFlag = Field(default_factory=NoClosingFlag)
-    long_monologue: LongMonologueFlag = Field(default_factory=LongMonologueFlag)
-    high_talk_ratio: HighTalkRatioFlag = Field(default_factory=HighTalkRatioFlag)
-    presentation_before_needs: FlagToggle = Field(default_factory=FlagToggle)
-    vague_next_step: FlagToggle = Field(default_factory=FlagToggle)
-
-
-class QualitySettings(_Strict):
-    needs_questions_good: int = Field(2, ge=1)
-
-
-class MetricSettings(_Strict):
-    monologue_gap_s: float = Field(2.0, ge=0)
-    interruption_min_overlap_s: float = Field(0.3, ge=0)
-
-
-class FlagsConfig(_Strict):
-    flags: FlagSettings = Field(default_factory=FlagSettings)
-    quality: QualitySettings = Field(default_factory=QualitySettings)
-    metrics: MetricSettings = Field(default_factory=MetricSettings)
-    dialogue_turn_s: float = Field(3.0, gt=0)
 
 
 class Rules:
@@ -124,8 +42,6 @@ class Rules:
         lang = "ru" if language == "ru" else "en"
         c = self._compiled.get(lang)
         if c is None:
-            from .tagger import CompiledLexicon
-
             c = self._compiled[lang] = CompiledLexicon(self.lexicons[lang])
         return c
 
@@ -222,29 +138,81 @@ def default_rules() -> Rules:
 
 class LiveRules:
     """Rules that follow trainers' edits: the YAML is re-read when a file changes (checked at most
-    every ``interval_s``). An edit that does not validate is reported and the last good rules stay."""
+    every ``interval_s``, by ``get()`` or by a timer calling ``refresh()``). An edit that does not
+    validate is reported through ``on_error`` and the last good rules stay; the edit that fixes it
+    is reported through ``on_info``, so a trainer watching the log sees both."""
 
-    def __init__(self, config_dir: Path | None = None, interval_s: float = 5.0, on_error=None):
+    def __init__(self, config_dir: Path | None = None, interval_s: float = 5.0, on_error=None, on_info=None):
         self.base = Path(config_dir) if config_dir is not None else DEFAULT_CONFIG_DIR
         self.interval_s = interval_s
         self.on_error = on_error or (lambda msg: None)
+        self.on_info = on_info or (lambda msg: None)
         self._rules = load_rules(self.base)  # a broken file at start-up is an error, not a warning
         self._stamp = self._mtimes()
         self._checked = time.monotonic()
+        self.error: Optional[str] = None     # the rejected edit the files hold now, if any
+        self.loaded_at = time.time()
 
     def _mtimes(self) -> tuple:
-        files = [self.base / "lexicon" / f"{lang}.yaml" for lang in LANGUAGES] + [self.base / "flags.yaml"]
-        return tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files)
+        out = []
+        for f in rule_files(self.base):
+            try:
+                st = f.stat()
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def refresh(self) -> bool:
+        """Re-read the files if they changed; True when new rules were taken."""
+        self._checked = time.monotonic()
+        stamp = self._mtimes()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            rules = load_rules(self.base)
+        except RulesError as e:
+            self.error = str(e)
+            self.on_error(f"rules edit rejected: {e} (keeping the previous rules until the file is fixed; "
+                          "`callqa rules check` shows the state)")
+            return False
+        was_broken, self.error = self.error is not None, None
+        self._rules, self.loaded_at = rules, time.time()
+        self.on_info(f"rules {'fixed' if was_broken else 'changed'}: new rules from {self.base} are in use"
+                     + (" (the earlier rejected edit is resolved)" if was_broken else ""))
+        return True
 
     def get(self) -> Rules:
-        now = time.monotonic()
-        if now - self._checked >= self.interval_s:
-            self._checked = now
-            stamp = self._mtimes()
-            if stamp != self._stamp:
-                self._stamp = stamp
-                try:
-                    self._rules = load_rules(self.base)
-                except RulesError as e:
-                    self.on_error(f"{e} (keeping the previous rules until the file is fixed)")
+        if time.monotonic() - self._checked >= self.interval_s:
+            self.refresh()
         return self._rules
+
+
+def rule_files(base: Path) -> list[Path]:
+    return [base / "lexicon" / f"{lang}.yaml" for lang in LANGUAGES] + [base / "flags.yaml"]
+
+
+def rules_state(config_dir: Path | None = None) -> dict:
+    """What ``callqa rules check`` and the rules page show: where the rules come from, whether
+    they validate (else the error naming file and key), and what they hold."""
+    base = Path(config_dir) if config_dir is not None else DEFAULT_CONFIG_DIR
+    files = []
+    for f in rule_files(base):
+        files.append({"path": str(f), "exists": f.is_file(),
+                      "modified": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f.stat().st_mtime))
+                      if f.is_file() else None})
+    state: dict = {"source": str(base.resolve()), "packaged": base.resolve() == DEFAULT_CONFIG_DIR.resolve(),
+                   "ok": True, "error": None, "files": files, "languages": {}, "flags": {}}
+    try:
+        rules = load_rules(base)
+    except RulesError as e:
+        state.update(ok=False, error=str(e))
+        return state
+    for lang, lex in sorted(rules.lexicons.items()):
+        state["languages"][lang] = {
+            section: {name: {"phrases": len(cl.phrases), "patterns": len(cl.patterns)}
+                      for name, cl in getattr(lex, section).items()}
+            for section in ("cues", "objections")}
+    state["flags"] = {name: getattr(rules.flags.flags, name).enabled for name in type(rules.flags.flags).model_fields}
+    return state

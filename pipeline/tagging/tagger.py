@@ -19,144 +19,79 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .nlp import get_nlp, normalize_text
-from .rules import Lexicon
+from .matcher import CompiledLexicon, Hit
+from .nlp import normalize_text
 
 STEP_ORDER = ("greeting", "needs_discovery", "presentation", "objection_handling", "closing")
 NULL_CATS = ("hold", "farewell", "navigation", "connection", "service")
-_PUNCT = re.compile(r"^[\W_]+$")
-# interrogatives that make a question even a few words into an unpunctuated sentence
-_WH = {"what", "how", "when", "where", "who", "which", "why", "may",
-       "сколько", "какой", "какая", "какие", "какое", "когда", "где", "кто", "почему", "подскажите"}
-_FILLERS_EN = {"so", "and", "ok", "okay", "well", "um", "uh", "oh", "yes", "yeah", "right", "great",
-               "sure", "alright", "then", "but", "also", "now", "hmm"}
-_FILLERS_RU = {"а", "ну", "и", "вот", "так", "да", "хорошо", "ага", "понятно", "ясно", "отлично",
-               "скажите", "подскажите", "и"}
 
-
-# hesitation tokens that ASR keeps ("делаем ээ коробки", "I'm uh thinking")
-_ASR_FILLERS = {"ээ", "эээ", "э", "эм", "ммм", "мм", "uh", "um", "uhm", "erm", "hmm"}
-
-
-_OFFER_VERBS = {"предложить", "порекомендовать", "посоветовать", "сделать", "дать", "уступить"}
-
-
-@dataclass
-class Hit:
-    pos: int          # character offset in the segment text (for ordering)
-    evidence: str     # the text that matched
-
-
-class CompiledLexicon:
-    """A lexicon turned into an n-gram index over lemmas plus compiled regexes."""
-
-    def __init__(self, lex: Lexicon):
-        self.lex = lex
-        self.language = lex.language
-        self.nlp = get_nlp(lex.language)
-        self.index: dict[tuple[str, ...], list[str]] = {}
-        self.regexes: list[tuple[str, re.Pattern]] = []
-        self.max_n = 1
-        entries: list[tuple[str, list[str], list[str]]] = []
-        for cat, cl in lex.cues.items():
-            entries.append((f"cue:{cat}", cl.phrases, cl.patterns))
-        for kind, cl in lex.objections.items():
-            entries.append((f"obj:{kind}", cl.phrases, cl.patterns))
-        for key, phrases, patterns in entries:
-            for doc in self.nlp.pipe(phrases):
-                lemmas = tuple(t.lemma_ for t in doc if not _PUNCT.match(t.text))
-                if not lemmas:
-                    continue
-                keys = self.index.setdefault(lemmas, [])
-                if key not in keys:
-                    keys.append(key)
-                self.max_n = max(self.max_n, len(lemmas))
-            for pat in patterns:
-                self.regexes.append((key, re.compile(pat)))
-        self.question_words = {w.lower() for w in lex.question_words}
-        self.fillers = _FILLERS_RU if lex.language == "ru" else _FILLERS_EN
-
-    def match(self, text: str, doc=None) -> dict[str, list[Hit]]:
-        """Cue hits by key ("cue:<category>" / "obj:<kind>").
-
-        Phrases match lemma n-grams that do not cross punctuation; a hit lying inside a
-        longer hit of another key is dropped ("not interested in a particular brand" is a
-        need, not a "not interested" objection)."""
-        if doc is None:
-            doc = self.nlp(text)
-        raw: list[tuple[int, int, str, str]] = []
-        run: list = []
-        runs = []
-        skip_to = -1
-        for j, t in enumerate(doc):
-            # ASR filler marks ("#uh", "[noise]", "ээ") neither match nor break a phrase
-            if j <= skip_to:
-                continue
-            if t.text == "#" and j + 1 < len(doc) and not doc[j + 1].is_space:
-                skip_to = j + 1
-                continue
-            if t.text == "[":
-                close = next((k for k in range(j + 1, min(j + 4, len(doc))) if doc[k].text == "]"), None)
-                if close is not None:
-                    skip_to = close
-                    continue
-            if t.lower_ in _ASR_FILLERS or t.is_space:
-                continue
-            if _PUNCT.match(t.text):
-                if run:
-                    runs.append(run)
-                run = []
-            else:
-                run.append(t)
-        if run:
-            runs.append(run)
-        index, max_n = self.index, self.max_n
-        for toks in runs:
-            lem = [t.lemma_ for t in toks]
-            n_tok = len(lem)
-            for i in range(n_tok):
-                for n in range(1, min(max_n, n_tok - i) + 1):
-                    keys = index.get(tuple(lem[i:i + n]))
-                    if keys:
-                        start, end = toks[i].idx, toks[i + n - 1].idx + len(toks[i + n - 1].text)
-                        for k in keys:
-                            raw.append((start, end, k, text[start:end]))
-        if self.regexes:
-            norm = normalize_text(text)
-            for key, rx in self.regexes:
-                m = rx.search(norm)
-                if m:
-                    raw.append((m.start(), m.end(), key, m.group(0).strip()))
-        hits: dict[str, list[Hit]] = {}
-        for s, e, k, ev in raw:
-            if any(k2 != k and s2 <= s and e2 >= e and (e2 - s2) > (e - s) for s2, e2, k2, _ in raw):
-                continue
-            hits.setdefault(k, []).append(Hit(s, ev))
-        return hits
-
-    def question_count(self, text: str) -> int:
-        """Number of question sentences (by "?" or a question word opening the sentence)."""
-        n = 0
-        for sent in re.split(r"(?<=[.?!…])\s+|\n", text.strip()):
-            s = sent.strip()
-            if not s:
-                continue
-            if s.endswith("?"):
-                n += 1
-                continue
-            words = re.findall(r"[\w'-]+", s.lower().replace("ё", "е"))
-            while words and words[0] in self.fillers:
-                words = words[1:]
-            if len(words) >= 2 and words[0] in ("могу", "можем") and words[1] in _OFFER_VERBS:
-                continue                   # "Могу предложить 145 грамм": an offer, not a question
-            if words and words[0] in self.question_words and len(words) >= 3:
-                n += 1
-            elif any(w in _WH for w in words[1:4]) and len(words) >= 4:
-                n += 1                     # "no problem may I ask who ...", "ну а сколько ..."
-            elif self.language == "ru" and "или" in words[1:-1] and len(words) <= 12:
-                n += 1                     # "печать в один цвет или полноцвет" (ASR drops the "?")
-
-        return n
+# The context rules: what the tagger does beyond "a phrase of category X means step Y". Each id is
+# what an explanation names when the rule changed a segment's result; config/lexicon/CONTEXT_RULES.md
+# documents them for trainers (a test keeps the two in step). "Rule N" is the guideline's rule.
+CONTEXT_RULES = {
+    # cues adjusted before the step is chosen
+    "opening-hello": "A bare \"Hello?\" answering the phone in the first two turns is a greeting.",
+    "connection-check": "\"Hello? Are you there?\" later in the call checks the line: the greeting cue is dropped.",
+    "content-before-connection": "A connection word after six or more words of content is ignored.",
+    "late-greeting-is-farewell": "A short greeting phrase late in the call (\"have a good day\") is a farewell.",
+    "noted-goodbye": "\"Noted, thanks, bye\" is a goodbye: its closing cue does not count.",
+    "opening-introduction": "In the manager's opening turn one offer or next-step cue does not outweigh the "
+                            "introduction (two distinct cues, a price or a dated question do).",
+    "price-question-before-decision": "Rule 7: a client's question about price, payment or contract before any "
+                                      "decision is presentation (product Q&A), not closing.",
+    "answer-to-product-question": "Rule 7: a manager's closing phrase in a turn right after a client turn tagged "
+                                  "presentation is the answer to that turn (presentation), unless the manager's "
+                                  "turn asks a question, names a date or time, sends something, or the client "
+                                  "has already accepted.",
+    # the kind of turn
+    "service-call": "Rule 11: in a service/support call (two or more service turns, more than sales turns) only "
+                    "greetings are kept.",
+    "interjection": "\"Hmm\", \"[noise]\": no step.",
+    "null-turn": "A hold, farewell or connection cue with no step cue: no step.",
+    "navigation": "Rule 10: gatekeeper navigation (\"put me through\") is no step.",
+    "rank": "Rule 1: with cues of several steps the primary one has more distinct cues; on a tie, the function "
+            "that comes last in the turn.",
+    # objections
+    "objection-opens-exchange": "A client objection cue makes the turn objection_handling and opens an objection "
+                                "exchange that lasts until a new step (closing) or a farewell.",
+    "send-info-not-now": "\"Not now, just send me the price list\": the objection is of kind send_info.",
+    "soft-objection-is-next-step": "Rule 8: \"send it by e-mail, we'll look\" / \"call me in two weeks\" agrees "
+                                   "a next step: closing first.",
+    "refusal-is-not-closing": "Rule 8: a next-step cue beside an explicit refusal stays objection handling.",
+    "exchange-ends": "In an objection exchange a short hold or farewell turn ends the exchange: no step.",
+    "manager-vague-next-step": "Rule 9: in an objection exchange the manager's bare \"keep in touch\" / \"будем на "
+                               "связи\" is no step and does not answer the objection.",
+    "exchange-product-question": "In an objection exchange the client's product question is presentation again.",
+    "exchange-needs-answer": "In an objection exchange the client's answer to the manager's needs question is "
+                             "needs_discovery.",
+    "exchange-client-accepts": "In an objection exchange the client agreeing a next step is closing.",
+    "exchange-continues": "Rule 4: other client turns in an objection exchange are objection_handling.",
+    "exchange-direct-ask": "In an objection exchange the manager's direct ask or dated next step is closing.",
+    "exchange-situation-question": "In an objection exchange a manager's answer that ends on a question about the "
+                                   "client's situation is also needs_discovery.",
+    "exchange-undated-next-step": "In an objection exchange the manager's undated next step stays "
+                                  "objection_handling first (closing counts at call level).",
+    "exchange-answer": "In an objection exchange the manager's turns are objection_handling (they answer it).",
+    "objection-answer-phrase": "\"That's a valid concern\" / \"понимаю ваши сомнения\" from the manager is "
+                               "objection_handling even when no client cue showed the objection.",
+    "objection-answered": "An objection counts as answered when the manager's next turn is objection handling "
+                          "(or a closing, for a soft objection).",
+    "objection-unanswered": "An objection is unanswered when the manager's next turn is not objection handling.",
+    "client-vague-next-step": "Rule 9: the client's short \"keep in touch\" / \"будем на связи\" is not a closing: "
+                              "no step.",
+    # after a decision
+    "accept-after-closing": "A client's short acceptance right after a closing turn is closing.",
+    "terms-question-after-decision": "Rule 7: a client's question about terms after the decision is closing.",
+    "terms-answer-after-decision": "Rule 7: the manager's answer to such a question is closing.",
+    "terms-after-decision": "Rule 7: after the decision, a turn with one presentation cue and a closing cue is "
+                            "closing first.",
+    "need-before-offer": "Before any offer, a client turn with needs and product cues is needs_discovery first.",
+    # turns without cues
+    "open-question": "A manager question with no cue (before the decision) is needs_discovery.",
+    "client-question": "A client question with no cue is presentation once an offer was made, else "
+                       "needs_discovery.",
+    "inherit": "Rule 4: a turn with no cue takes the step of the exchange it belongs to (the previous turn's).",
+}
 
 
 @dataclass
@@ -169,6 +104,13 @@ class SegTag:
     hits: dict = field(default_factory=dict)
     inherited: bool = False
     null_reason: Optional[str] = None
+    # context rules that changed this segment's result: (rule id, what changed); explain.py shows them
+    rules: list[tuple[str, str]] = field(default_factory=list)
+    # lexicon hits overruled by a longer phrase of another category: (key, hit, longer key, longer hit)
+    dropped: list = field(default_factory=list)
+
+    def fired(self, rule: str, effect: str) -> None:
+        self.rules.append((rule, effect))
 
 
 _INTERJECTION = re.compile(r"^[\W_]*((h+m+|m+h*|u+h+|u+m+|a+h+|e+r+|э+м*|м+|а+|хм+|ну)[\W_]*)*$", re.I)
@@ -283,7 +225,8 @@ def _rank(c: dict[str, list[Hit]], hits: dict) -> list[str]:
 
 def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -> list[SegTag]:
     docs = list(comp.nlp.pipe(texts)) if texts else []
-    all_hits = [comp.match(t, d) for t, d in zip(texts, docs)]
+    drops: list[list] = [[] for _ in texts]
+    all_hits = [comp.match(t, d, dr) for t, d, dr in zip(texts, docs, drops)]
 
     # Negative control: a service/support call keeps only its greetings (rule 11).
     service_segs = sum(1 for h in all_hits if "cue:service" in h)
@@ -304,7 +247,7 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
     n = len(texts)
     prev: Optional[SegTag] = None
     for i, (text, sp, hits) in enumerate(zip(texts, speakers, all_hits)):
-        tag = SegTag(hits=hits)
+        tag = SegTag(hits=hits, dropped=drops[i])
         words = _WORD.findall(text)
         # greetings open a call; "thanks for calling, have a nice day" at the end is a farewell
         greeting_ok = i < 4 or (not any_step and i < 0.7 * n and "cue:farewell" not in hits)
@@ -322,23 +265,28 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
         opening_hello = bare_hello and i < 2 and not (prev is not None and prev.null_reason == "connection")
         if opening_hello and "greeting" not in c:
             c["greeting"] = conn
+            tag.fired("opening-hello", "a bare hello answering the phone: greeting")
         if conn and not opening_hello:
             if "greeting" in c and (any_step or i >= 2 or not bare_hello) and \
                     not any(_INTRO.search(h.evidence.lower()) or len(h.evidence.split()) > 1 for h in c["greeting"]):
                 del c["greeting"]                    # "Hello? Are you there?" mid-call
+                tag.fired("connection-check", "greeting dropped: a hello mid-call checks the line")
             conn_words = sum(len(_WORD.findall(h.evidence)) for h in conn)
             if len(words) - conn_words > 6 and c == {}:
                 conn = []                            # "... к выставке надо в марте ээ алло": content first
+                tag.fired("content-before-connection", "connection cue ignored: the turn has content first")
         null_hits = [k for k in NULL_CATS
                      if f"cue:{k}" in hits and k != "service" and not (k == "connection" and (opening_hello or not conn))]
 
         if not greeting_ok and any(len(h.evidence.split()) <= 4 and not _INTRO.search(h.evidence.lower())
                                    for h in _h(hits, "greeting")):
             null_hits.append("farewell")           # "have a good day" late in the call
+            tag.fired("late-greeting-is-farewell", "a short greeting late in the call counts as a farewell")
         has_time = "cue:concrete_time" in hits
         if "cue:farewell" in hits and "closing" in c and not has_time and short \
                 and all(_NOTED.match(h.evidence.strip()) for h in c["closing"]):
             del c["closing"]                         # "записал, спасибо, до свидания": a goodbye
+            tag.fired("noted-goodbye", "closing dropped: \"noted\" with a farewell is a goodbye")
         if "greeting" in c and not any_step and sp != "client":
             # the opening turn: "Hello, X from Y, we make boxes" / "Seaview Hotel reservations, how may
             # I help?" is an introduction; one offer/next-step word does not outweigh it
@@ -347,6 +295,7 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
                         and not (st == "closing" and is_question and has_time) \
                         and not (st == "presentation" and any(ch.isdigit() for h in c[st] for ch in h.evidence)):
                     del c[st]
+                    tag.fired("opening-introduction", f"{st} dropped: one {st} cue does not outweigh the introduction")
         if "closing" in c and not closed and not has_time \
                 and not any(not _in_question(text, h) for h in hits.get("cue:closing_accept", [])) \
                 and "cue:closing_send" not in hits:
@@ -355,20 +304,29 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
             if sp == "client" and is_question and not kind and all(_in_question(text, h) for h in c["closing"]) \
                     and not any(_ACT_PROPOSAL.search(h.evidence) for h in c["closing"]):
                 c.setdefault("presentation", []).extend(c.pop("closing"))
+                tag.fired("price-question-before-decision", "closing -> presentation: a client's question about "
+                          "terms before any decision is product Q&A")
             elif sp == "manager" and prev_sp == "client" and prev is not None \
                     and prev.step == "presentation" and not text.rstrip().endswith("?"):
                 c.setdefault("presentation", []).extend(c.pop("closing"))
+                tag.fired("answer-to-product-question", "closing -> presentation: the manager answers a client turn "
+                          "tagged presentation, with no question, date, acceptance or send in this turn")
         closing_hit = "closing" in c
         steps: list[str] = []
 
         if service_call:
             steps = ["greeting"] if "greeting" in c and "cue:service" not in hits else []
             in_objection = False
+            if set(c) - {"greeting"} or kind:
+                tag.fired("service-call", "a service/support call: only greetings are kept")
         elif not words or _INTERJECTION.match(text.strip()):
             steps = []                                # "Hmmm", "[noise]"
+            if c or kind:
+                tag.fired("interjection", "an interjection or noise: no step")
         elif kind:
             if "cue:closing_send" in hits and kind in ("no_need", "timing"):
                 kind = "send_info"                  # "not now, just send me the price list"
+                tag.fired("send-info-not-now", "objection kind -> send_info: \"not now, just send it\"")
             others = [s for s in _rank(c, hits) if s not in ("greeting", "objection_handling")] if c else []
             # a bare "just send me an e-mail" is a next step (rule 8); with "not now" / "not
             # interested" beside it, it stays an objection
@@ -379,91 +337,134 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
                 # "send it by e-mail, we'll look at it" / "call me in two weeks": a next step (rule 8)
                 steps = ["closing", "objection_handling"] + others
                 in_objection = False
+                tag.fired("soft-objection-is-next-step", "closing first: the objection comes with a next step")
             else:
-                if refusal:
+                if refusal and "closing" in others:
                     others = [s for s in others if s != "closing"]   # rule 8: with a refusal it is an objection
+                    tag.fired("refusal-is-not-closing", "closing dropped: the next-step cue comes with a refusal")
                 steps = ["objection_handling"] + others
                 in_objection = True
+                tag.fired("objection-opens-exchange", "objection_handling: a client objection opens an objection "
+                          "exchange that lasts until a new step or a farewell")
             tag.objection_kind, tag.objection_evidence = kind, ohit.evidence
             tag.evidence = ohit.evidence
         elif vague and sp == "client" and short and not is_question \
                 and not any(st in c for st in ("needs_discovery", "presentation", "closing")):
             tag.null_reason = "vague_next_step"         # rule 9: "будем на связи" is not a closing
             in_objection = False
+            tag.fired("client-vague-next-step", "no step: a client's vague \"keep in touch\" is not a closing")
         elif in_objection:
             if null_hits and not c and short and not is_question \
                     and not (sp == "manager" and _OBJ_ACK.search(normalize_text(text))):
                 steps = []
                 in_objection = False
+                tag.fired("exchange-ends", f"no step: a {null_hits[0]} turn ends the objection exchange")
+            elif sp == "manager" and vague and not c and short and not is_question \
+                    and not any(rx.search(normalize_text(text)) for rx in (_OBJ_ACK, _OBJ_ANSWER, _CHANGE_MIND)):
+                # "Хорошо, будем на связи" gives up on the objection rather than answering it; "call me if you
+                # change your mind" still offers a next step (rule 9)
+                tag.null_reason = "vague_next_step"
+                in_objection = False
+                tag.fired("manager-vague-next-step", "no step: the manager only says \"keep in touch\", which "
+                          "leaves the objection unanswered")
             elif sp == "client" and is_question and "cue:product_question" in hits and not closing_hit:
                 # the client asks about the alternative offered: product Q&A again (a new step)
                 steps = ["presentation"]
                 in_objection = False
+                tag.fired("exchange-product-question", "presentation: the client asks about the offer again")
             elif sp == "client" and prev is not None and prev_sp == "manager" and prev_q \
                     and prev.steps[-1:] == ["needs_discovery"] and not c:
                 steps = ["needs_discovery"]         # answers the needs question the manager moved on to
                 in_objection = False
+                tag.fired("exchange-needs-answer", "needs_discovery: the client answers the manager's needs question")
             elif sp == "client":
                 prev_close = prev is not None and prev.step == "closing"
                 accept = "cue:closing_accept" in hits or has_time or len(words) <= 2
                 if closing_hit or (prev_close and accept):
                     steps = ["closing"]
                     in_objection = False
+                    tag.fired("exchange-client-accepts", "closing: the client agrees a next step, ending the exchange")
                 else:
                     steps = ["objection_handling"]
                     tag.inherited = True
+                    tag.fired("exchange-continues", "objection_handling: the client's turn belongs to the "
+                              "objection exchange (rule 4)")
             else:
                 if closing_hit and (has_time or is_question or _CHANGE_MIND.search(normalize_text(text))):
                     # a direct ask or a dated next step moves the call on to closing
                     steps = ["closing", "objection_handling"]
                     in_objection = False
+                    tag.fired("exchange-direct-ask", "closing: a direct ask or a dated next step ends the exchange")
                 elif "needs_discovery" in c and is_question and not closing_hit and _SITUATION_Q.search(normalize_text(text)) \
                         and max(h.pos for h in c["needs_discovery"]) >= max(h.pos for hs in c.values() for h in hs):
                     # "... out of curiosity, how many shipments a week?": the answer moves on to discovery
                     steps = ["objection_handling", "needs_discovery"]
+                    tag.fired("exchange-situation-question", "objection_handling, then needs_discovery: the answer "
+                              "ends on a question about the client's situation")
                 elif closing_hit:
                     # an undated next step inside the answer ("call me if you change your mind") still
                     # counts at call level (steps_present / furthest_step)
                     steps = ["objection_handling", "closing"]
+                    tag.fired("exchange-undated-next-step", "objection_handling first: an undated next step inside "
+                              "the answer counts only at call level")
                 else:
                     steps = ["objection_handling"]
+                    tag.fired("exchange-answer", "objection_handling: the manager's turn answers the objection")
         elif sp == "client" and closed and prev is not None and prev.step == "closing" and short \
                 and "cue:closing_accept" in hits and not any(st in c for st in ("needs_discovery", "presentation")) \
                 and not ("cue:farewell" in hits and len(words) < 4):
             steps = ["closing"]                       # "standard shipping is fine, thanks"
+            tag.fired("accept-after-closing", "closing: the client accepts what the closing turn proposed")
         else:
             if null_hits and not c and (short or null_hits != ["farewell"]):
                 tag.null_reason = null_hits[0]
+                tag.fired("null-turn", f"no step: a {null_hits[0]} cue and no step cue")
             elif "cue:navigation" in hits and not closing_hit and not (
                     "greeting" in c and not any_step and _SELF_INTRO.search(text.lower())):
                 tag.null_reason = "navigation"
+                if c:
+                    tag.fired("navigation", "no step: gatekeeper navigation (rule 10)")
             elif c:
                 steps = _rank(c, hits)
+                if len(steps) > 1:
+                    tag.fired("rank", f"{steps[0]} first of {', '.join(steps)}: more distinct cues, or the last "
+                              "function in the turn (rule 1)")
                 if sp == "manager" and _OBJ_ANSWER.search(normalize_text(text)) and steps[0] != "closing":
                     # "that's a valid concern, ..." answers an objection the client cues did not show
                     steps.insert(0, "objection_handling")
                     in_objection = True
+                    tag.fired("objection-answer-phrase", "objection_handling: the manager answers a doubt "
+                              "(\"that's a valid concern\")")
                 if sp == "client" and not offered and steps[0] == "presentation" and "needs_discovery" in steps:
                     # "I'm calling about the flat on Oak Street, is it still available?" before any offer
                     steps.remove("needs_discovery")
                     steps.insert(0, "needs_discovery")
+                    tag.fired("need-before-offer", "needs_discovery first: no offer has been made yet")
                 if sp == "client" and closed and is_question and steps[0] == "presentation" \
                         and prev is not None and prev_sp == "client" and prev.step == "closing":
                     steps.insert(0, "closing")       # rule 7: shipping / payment questions after the decision
+                    tag.fired("terms-question-after-decision", "closing: questions about terms after the decision "
+                              "(rule 7)")
                 if sp == "manager" and prev_sp == "client" and prev is not None and prev.step == "closing" \
                         and prev_q and steps[0] == "presentation" and "closing" not in steps:
                     steps.insert(0, "closing")       # the terms asked for after the decision (rule 7)
+                    tag.fired("terms-answer-after-decision", "closing: the manager answers a terms question asked "
+                              "after the decision (rule 7)")
                 if closed and "closing" in steps and steps[0] == "presentation" \
                         and len({h.evidence.lower() for h in c["presentation"]}) < 2:
                     steps.remove("closing")
                     steps.insert(0, "closing")   # rule 7: after the decision, terms are closing
+                    tag.fired("terms-after-decision", "closing first: after the decision, terms are closing (rule 7)")
             elif is_question and sp != "client" and not closed:
                 steps = ["needs_discovery"]           # an open manager question: discovery
                 tag.inherited = True
+                tag.fired("open-question", "needs_discovery: a manager question with no other cue")
             elif is_question and sp == "client" and not closed:
                 # a client question: product Q&A once an offer is on the table, else a need
                 steps = ["presentation" if offered else "needs_discovery"]
                 tag.inherited = True
+                tag.fired("client-question", f"{steps[0]}: a client question with no cue "
+                          + ("after an offer" if offered else "before any offer"))
             elif prev is not None and prev.step is not None:
                 if sp == "client":
                     steps = [prev.step]
@@ -474,6 +475,9 @@ def tag_segments(texts: list[str], speakers: list[str], comp: CompiledLexicon) -
                 elif prev.step == "greeting" and prev_sp == "client" and prev_q and i < 6:
                     steps = ["greeting"]              # "Кто вы?" - "«ПромСнаб», Иван": the introduction
                 tag.inherited = True
+                if steps:
+                    tag.fired("inherit", f"{steps[0]}: a turn with no cue takes the step of the exchange it "
+                              "belongs to (rule 4)")
         if steps:
             tag.steps = list(dict.fromkeys(steps))
             tag.step = tag.steps[0]
