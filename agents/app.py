@@ -90,14 +90,22 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         from pipeline.tagging import LiveRules
         from pipeline.tagging.retag import retag
         rules = LiveRules(s.rules_dir or None, on_error=log.error, on_info=log.info)
+        model = None
+        if s.tagger == "learned":
+            from pipeline.tagging.learned import LiveModel
+            model = LiveModel(s.tagger_model_paths, on_error=log.error, on_info=log.info)
+            log.info("tagging with the step model %s", model.path)
 
         def tagger(ev: CallTranscribed) -> CallTagged:
-            return retag(ev, rules.get())
+            return retag(ev, rules.get(), model.get() if model else None)
 
         @app.timer(interval=2.0)
         async def watch_rules():
-            # a trainer's edit is judged (and logged) when it is saved, not when the next call comes
+            # a trainer's edit (or a newly trained model) is judged and logged when it is saved,
+            # not when the next call comes
             rules.refresh()
+            if model is not None:
+                model.refresh()
 
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callqa-db")  # one writer
     sessions = None

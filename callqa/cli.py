@@ -200,6 +200,12 @@ def cmd_report(args, s: Settings) -> int:
     return 0
 
 
+def _tag_view(ev) -> tuple:
+    """What a re-tag can change that matters: steps per segment, verdicts, objections, flags."""
+    return ([(u.step, list(u.steps)) for u in ev.utterance_tags],
+            ev.model_dump(include={"steps", "objections", "flags", "furthest_step"}))
+
+
 def cmd_retag(args, s: Settings) -> int:
     """Re-tag stored calls from their transcripts with the current YAML rules."""
     from sqlalchemy import select
@@ -210,10 +216,14 @@ def cmd_retag(args, s: Settings) -> int:
     from models.tables import Call
     from pipeline.tagging import RulesError, load_rules
     from pipeline.tagging.retag import retag
+    from pipeline.tagging.learned import ModelError
     try:
         rules = load_rules(s.rules_dir or None)
+        model = _model(s, args.tagger)
     except RulesError as e:
         return _err(f"the rules do not validate, nothing was re-tagged: {e}")
+    except ModelError as e:
+        return _err(f"{e}; nothing was re-tagged")
     if not args.dry_run and not s.kafka_bootstrap:
         return _err("set CALLQA_KAFKA_BOOTSTRAP (re-tagged calls go through calls.tagged so the worker stores "
                     "them and updates the statistics), or use --dry-run to see what would change")
@@ -229,7 +239,7 @@ def cmd_retag(args, s: Settings) -> int:
         calls = session.scalars(q.order_by(Call.started_at)).all()
         for c in calls:
             old = CallTagged.model_validate(c.event)
-            new = retag(old, rules)
+            new = retag(old, rules, model)
             diff = []
             if old.furthest_step != new.furthest_step:
                 diff.append(f"furthest {old.furthest_step} -> {new.furthest_step}")
@@ -238,8 +248,7 @@ def cmd_retag(args, s: Settings) -> int:
                 diff.append(f"flags {','.join(of) or '-'} -> {','.join(nf) or '-'}")
             os_, ns = ({k: (v.present, v.quality) for k, v in ev.steps.items()} for ev in (old, new))
             diff += [f"{k} {os_.get(k)} -> {ns.get(k)}" for k in ns if os_.get(k) != ns.get(k)][:3]
-            if old.model_dump(include={"utterance_tags", "steps", "objections", "flags", "furthest_step"}) != \
-                    new.model_dump(include={"utterance_tags", "steps", "objections", "flags", "furthest_step"}):
+            if _tag_view(old) != _tag_view(new):
                 changed.append((new, diff or ["utterance tags"]))
     for new, diff in changed:
         print(f"{new.call_id}: {'; '.join(diff)}")
@@ -282,6 +291,66 @@ def _rules(s: Settings):
     return load_rules(Path(s.rules_dir) if s.rules_dir else None)
 
 
+def _model(s: Settings, choice: Optional[str] = None):
+    """The step model for `tag`, `retag` and `explain` (None: the rules alone). Raises ModelError."""
+    if (choice or s.tagger) == "rules":
+        return None
+    from pipeline.tagging.learned import StepModel
+    paths = s.tagger_model_paths
+    return StepModel.load(next((p for p in paths if p.exists()), paths[-1]))
+
+
+def cmd_train(args, s: Settings) -> int:
+    from datetime import datetime, timezone
+
+    from pipeline.tagging import RulesError
+    from pipeline.tagging.learned import ModelError, StepModel, installed_path
+    from pipeline.tagging.training import CORPUS, evaluate, load_corpus, train
+    path = Path(args.corpus) if args.corpus else CORPUS
+    if not path.is_file():
+        return _err(f"no corpus at {path}: pass --corpus FILE (labelled dialogues, one JSON per line, each with "
+                    "a split: train, dev or test)")
+    try:
+        rules = _rules(s)
+        corpus = load_corpus(path)
+    except RulesError as e:
+        return _err(f"the rules do not validate: {e}")
+    except (OSError, ValueError) as e:
+        return _err(f"cannot read the corpus {path}: {e}")
+    test = [d for d in corpus if d.get("split") == "test"]
+    if not [d for d in corpus if d.get("split") == "train"]:
+        return _err(f"{path} has no dialogues with \"split\": \"train\"")
+
+    def line(name, sc):
+        return f"  {name:<9}" + "  ".join(f"{lang} macro-F1 {v['macro_f1']:.3f} furthest {v['furthest']:.2f}"
+                                          for lang, v in sc.items())
+
+    def overall(sc):
+        return sum(v["macro_f1"] + v["furthest"] for v in sc.values()) / max(1, len(sc))
+
+    try:
+        current = _model(s, "learned")
+    except ModelError:
+        current = None
+    model = train(corpus, rules, log=lambda m: print(m, flush=True))
+    model.meta.update(version=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"), corpus=str(path),
+                      corpus_dialogues=len(corpus))
+    if test:
+        print(f"blind test split ({len(test)} dialogues):")
+        new = evaluate(model, test, rules)
+        print(line("new", new))
+        if current is not None:
+            old = evaluate(current, test, rules)
+            print(line("current", old))
+            if overall(new) < overall(old) and not args.force and not args.output:
+                return _err("the new model scores worse than the current one on the test split; not installed "
+                            "(--force installs it anyway)")
+    target = Path(args.output) if args.output else installed_path(s.home_dir)
+    model.save(target)
+    print(f"installed {target}" if not args.output else f"wrote {target}")
+    return 0
+
+
 def cmd_tag(args, s: Settings) -> int:
     from pipeline.tagging import RulesError
     from pipeline.tagging.dialogues import DialogueError, dialogue_segments, read_dialogues, tag_dialogue
@@ -289,11 +358,16 @@ def cmd_tag(args, s: Settings) -> int:
     if not args.output and not args.explain:
         return _err("say where the results go: --output FILE (JSONL), and/or --explain to print why each turn "
                     "got its step")
+    from pipeline.tagging.learned import ModelError
+    from pipeline.tagging.embed import EncoderMissing
     try:
         rules = _rules(s)
+        model = _model(s, args.tagger)
         dialogues = read_dialogues(sys.stdin if args.input == "-" else Path(args.input))
     except RulesError as e:
         return _err(f"the rules do not validate: {e}")
+    except ModelError as e:
+        return _err(str(e))
     except FileNotFoundError:
         return _err(f"no such file: {args.input}")
     except (OSError, DialogueError) as e:
@@ -301,10 +375,13 @@ def cmd_tag(args, s: Settings) -> int:
     out = Path(args.output).open("w", encoding="utf-8") if args.output else None
     try:
         for d in dialogues:
-            res, _ = tag_dialogue(d, rules)
+            try:
+                res, _ = tag_dialogue(d, rules, model)
+            except EncoderMissing as e:
+                return _err(str(e))
             if args.explain:
                 ex = explain_call(dialogue_segments(d["turns"], rules.flags.dialogue_turn_s),
-                                  d.get("language") or "auto", rules)
+                                  d.get("language") or "auto", rules, model=model)
                 res["explanation"] = ex.model_dump(mode="json")
                 print(f"== {d.get('id') or '(no id)'} ==")
                 print(render_text(ex))
@@ -324,10 +401,14 @@ def cmd_explain(args, s: Settings) -> int:
     from models.tables import Call
     from pipeline.tagging import RulesError
     from pipeline.tagging.explain import explain_stored, render_text
+    from pipeline.tagging.learned import ModelError
     try:
         rules = _rules(s)
+        model = _model(s)
     except RulesError as e:
         return _err(f"the rules do not validate: {e}")
+    except ModelError as e:
+        return _err(str(e))
     with session_factory(s.db_url, must_exist=True)() as session:
         c = session.get(Call, args.call_id)
         if c is None:
@@ -336,7 +417,7 @@ def cmd_explain(args, s: Settings) -> int:
             return _err(f"call {args.call_id} has no transcript to explain (status {c.status}"
                         + (f": {c.error}" if c.error else "") + ")")
         event = CallTagged.model_validate(c.event)
-    ex = explain_stored(event, rules)
+    ex = explain_stored(event, rules, model)
     if args.format == "json":
         print(ex.model_dump_json(indent=2))
     else:
@@ -523,7 +604,20 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--manager", help="only this manager's calls")
     rt.add_argument("--since", help="only calls started on or after YYYY-MM-DD")
     rt.add_argument("--dry-run", action="store_true", help="show what would change, publish nothing")
+    rt.add_argument("--tagger", choices=["learned", "rules"], help="default: CALLQA_TAGGER (learned)")
     rt.set_defaults(fn=cmd_retag)
+
+    tr = sub.add_parser("train", help="train the step model on the labelled corpus and install it if it scores "
+                                      "no worse on the blind test split",
+                        description="Trains on the corpus's train split, chooses decoding settings on dev, scores "
+                                    "the installed and the new model on the test split (never trained or tuned on), "
+                                    "and installs the new one in CALLQA_HOME/models unless it scores worse. A "
+                                    "running worker picks it up within seconds.")
+    tr.add_argument("--corpus", help="labelled dialogues (JSONL with a split per dialogue; default: corpus/ of "
+                                     "the checkout)")
+    tr.add_argument("--output", help="write the model here instead of installing it")
+    tr.add_argument("--force", action="store_true", help="install even if it scores worse than the current model")
+    tr.set_defaults(fn=cmd_train)
 
     t = sub.add_parser("tag", help="tag text dialogues from a JSONL file (with the rules in CALLQA_RULES_DIR)",
                        description="One dialogue per line: {\"id\": \"d1\", \"language\": \"en|ru|auto\", "
@@ -532,7 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--input", required=True, help="JSONL file, or - for standard input")
     t.add_argument("--output", help="JSONL results, one line per dialogue")
     t.add_argument("--explain", action="store_true",
-                   help="print why each turn got its step (phrases matched, context rules applied)")
+                   help="print why each turn got its step (phrases matched, context rules applied, the model's view)")
+    t.add_argument("--tagger", choices=["learned", "rules"],
+                   help="learned: the step model with the rules as inputs (default, CALLQA_TAGGER); rules: the rules alone")
     t.set_defaults(fn=cmd_tag)
 
     ex = sub.add_parser("explain", help="why each segment of a stored call has its step (current rules)")

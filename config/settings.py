@@ -63,6 +63,10 @@ class Settings:
     fetch_timeout_s: float = setting("CALLQA_FETCH_TIMEOUT_S", 60.0, "download timeout")
     rules_dir: str = setting("CALLQA_RULES_DIR", "", "folder with lexicon/{ru,en}.yaml and flags.yaml "
                              "(empty = the packaged config/); edits are picked up by a running worker")
+    tagger: str = setting("CALLQA_TAGGER", "learned", "learned (the step model, with the rules as its inputs) | rules")
+    tagger_model: str = setting(
+        "CALLQA_TAGGER_MODEL", "", "step model file; empty = the one `callqa train` installed in CALLQA_HOME/models, "
+        "else the packaged one")
     min_calls_for_rank: int = setting("CALLQA_MIN_CALLS", 2, "calls a manager needs before a weak stage is named")
     min_step_calls: int = setting(
         "CALLQA_MIN_STEP_CALLS", 2, "scored calls a step needs before it can be named a manager's weak stage "
@@ -98,11 +102,21 @@ class Settings:
         values.update(overrides)
         s = cls(**values)
         business_tz(s.timezone)  # a mistyped zone fails here, with advice, not on the first call
+        if s.tagger not in ("learned", "rules"):
+            raise ValueError(f"CALLQA_TAGGER={s.tagger!r}: use learned or rules")
         return s
 
     @property
     def tz(self) -> tzinfo:
         return business_tz(self.timezone)
+
+    @property
+    def tagger_model_paths(self) -> list[Path]:
+        """Where the step model is looked for, first found wins."""
+        if self.tagger_model:
+            return [Path(self.tagger_model)]
+        from pipeline.tagging.learned import PACKAGED, installed_path
+        return [installed_path(self.home_dir), PACKAGED]
 
     @property
     def home_dir(self) -> Path:

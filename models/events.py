@@ -106,6 +106,9 @@ class UtteranceTag(_Event):
     # Every step the segment shows, primary first (the guideline's per_turn_all).
     steps: list[Step] = Field(default_factory=list)
     evidence: Optional[str] = None
+    # the learned tagger's probability of its step (of no step, when step is null); None from the rules
+    prob: Optional[float] = None
+    uncertain: bool = False  # prob under the model's threshold: shown, but not counted in statistics
 
 
 class StepResult(_Event):

@@ -15,7 +15,21 @@ from pipeline.tagging.explain import explain_call
 from pipeline.tagging.retag import retag
 from pipeline.tagging.rules import DEFAULT_CONFIG_DIR
 from pipeline.tagging.tagger import CONTEXT_RULES
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO
+from tests.helpers import run_cli as _run_cli
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def rules_alone(monkeypatch):
+    # these tests are about what the trainer-editable rules do; the learned tagger (the default) takes
+    # the rules as inputs, and tests/test_learned.py covers it
+    monkeypatch.setenv("CALLQA_TAGGER", "rules")
+
+
+def run_cli(*args, env=None, **kw):
+    return _run_cli(*args, env={"CALLQA_TAGGER": "rules", **(env or {})}, **kw)
 
 PRICE_THEN_BYE = {"id": "see-you", "language": "en", "turns": [
     {"speaker": "manager", "text": "Hello, this is Ann from Acme."},

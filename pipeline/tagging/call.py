@@ -59,14 +59,17 @@ def _resolve_language(language: Optional[str], segments: list[Segment]) -> str:
 
 
 def tag_call(segments: list[Segment], language: str, duration_s: float | None = None,
-             rules: Rules | None = None) -> Tagging:
-    """Tag a transcribed call: per-segment steps, step verdicts, objections, metrics, flags."""
-    return tag_call_detailed(segments, language, duration_s, rules)[0]
+             rules: Rules | None = None, model=None) -> Tagging:
+    """Tag a transcribed call: per-segment steps, step verdicts, objections, metrics, flags.
+
+    With a learned ``model`` (learned.StepModel) the model decides each segment's step, with the rules'
+    cues among its inputs; without one the rules decide alone."""
+    return tag_call_detailed(segments, language, duration_s, rules, model)[0]
 
 
 def tag_call_detailed(segments: list[Segment], language: str, duration_s: float | None = None,
-                      rules: Rules | None = None) -> tuple[Tagging, list[SegTag]]:
-    """tag_call plus the per-segment working (cue hits, context rules fired), for explanations."""
+                      rules: Rules | None = None, model=None) -> tuple[Tagging, list[SegTag]]:
+    """tag_call plus the per-segment working (cue hits, context rules fired, the model's view)."""
     rules = rules or default_rules()
     lang = _resolve_language(language, segments)
     comp = rules.compiled(lang)
@@ -76,9 +79,14 @@ def tag_call_detailed(segments: list[Segment], language: str, duration_s: float 
     texts = [s.text or "" for s in segs]
     speakers = [s.speaker for s in segs]
     tags: list[SegTag] = tag_segments(texts, speakers, comp)
+    if model is not None:
+        from .learned import apply
+        apply(model, tags, texts, speakers, lang)
 
     utterance_tags = [
-        UtteranceTag(segment=i, step=tg.step, steps=tg.steps, evidence=tg.evidence)
+        UtteranceTag(segment=i, step=tg.step, steps=tg.steps, evidence=tg.evidence,
+                     prob=round(tg.model.prob, 3) if tg.model else None,
+                     uncertain=bool(tg.model and tg.model.uncertain))
         for i, tg in enumerate(tags)
     ]
 
@@ -92,12 +100,20 @@ def tag_call_detailed(segments: list[Segment], language: str, duration_s: float 
 
     # ---- objections
     objections: list[Objection] = []
+
+    def objects(k: int) -> bool:
+        if model is None:
+            return bool(tags[k].objection_kind)
+        # the model's objection turns said by the client (or, speakers unknown, with an objection cue)
+        return "objection_handling" in tags[k].steps and (
+            speakers[k] == "client" or (speakers[k] != "manager" and bool(tags[k].objection_kind)))
+
     for i, tg in enumerate(tags):
-        if not tg.objection_kind:
+        if not objects(i):
             continue
         answer_idx = None
         for j in range(i + 1, len(segs)):
-            if segs[j].speaker == "client" and tags[j].objection_kind:
+            if segs[j].speaker == "client" and objects(j):
                 continue  # the client keeps objecting; look at the manager's next turn
             if segs[j].speaker == "manager":
                 soft = tg.step == "closing"   # "send it over, we'll think" / "call me in two weeks"
@@ -105,7 +121,7 @@ def tag_call_detailed(segments: list[Segment], language: str, duration_s: float 
                     answer_idx = j
                 break
         objections.append(Objection(
-            text=segs[i].text.strip(), kind=tg.objection_kind, answered=answer_idx is not None,
+            text=segs[i].text.strip(), kind=tg.objection_kind or "other", answered=answer_idx is not None,
             at=segs[i].start, segment=i,
             answer=segs[answer_idx].text.strip() if answer_idx is not None else None,
             evidence=tg.objection_evidence,

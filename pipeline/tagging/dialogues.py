@@ -27,16 +27,19 @@ def dialogue_segments(turns: list[dict], turn_s: float = 3.0) -> list[Segment]:
     return segs
 
 
-def tag_dialogue(d: dict, rules: Optional[Rules] = None) -> tuple[dict, Tagging]:
+def tag_dialogue(d: dict, rules: Optional[Rules] = None, model=None) -> tuple[dict, Tagging]:
     rules = rules or default_rules()
     segs = dialogue_segments(d.get("turns", []), rules.flags.dialogue_turn_s)
-    tg = tag_call(segs, d.get("language") or "auto", duration_s=None, rules=rules)
+    tg = tag_call(segs, d.get("language") or "auto", duration_s=None, rules=rules, model=model)
     steps_present = [s for s in ("greeting", "needs_discovery", "presentation", "objection_handling", "closing")
                      if tg.steps[s].present]
     out = {
         "id": d.get("id"),
         "per_turn": [u.step for u in tg.utterance_tags],
         "per_turn_all": [list(u.steps) for u in tg.utterance_tags],
+        "per_turn_prob": [u.prob for u in tg.utterance_tags],
+        "per_turn_uncertain": [u.uncertain for u in tg.utterance_tags],
+        "per_turn_evidence": [u.evidence for u in tg.utterance_tags],
         "steps_present": steps_present,
         "furthest_step": tg.furthest_step,
         "objections": [o.model_dump(mode="json") for o in tg.objections],

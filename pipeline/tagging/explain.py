@@ -8,10 +8,8 @@ An explanation holds, per segment, a list of entries in the order they acted. Ea
   category said by the client, or a phrase lying inside a longer phrase of another category);
 * ``context``: a context rule of the tagger changed the result (the ids are listed in
   ``CONTEXT_RULES`` and documented in ``config/lexicon/CONTEXT_RULES.md``);
-* ``model``: what a learned model said. None exists yet; one adds an
-  ``Entry(source="model", name=<model>, step=<its step>, detail=..., data={"scores": {...}})`` to
-  ``SegmentExplanation.entries`` and nothing else has to change (CLI and call page list entries
-  of any source).
+* ``model``: what the learned step model said (its step, probability, the nearest labelled example,
+  and what the rules alone would have given), when the call is tagged with one.
 """
 from __future__ import annotations
 
@@ -129,12 +127,12 @@ def _lexicon_entries(tag, speaker: str, lex_file: str) -> list[Entry]:
 
 
 def explain_call(segments: list[Segment], language: str, rules: Optional[Rules] = None,
-                 duration_s: Optional[float] = None) -> CallExplanation:
-    """Tag the segments with the given rules and say, per segment, what decided its step."""
+                 duration_s: Optional[float] = None, model=None) -> CallExplanation:
+    """Tag the segments with the given rules (and model) and say, per segment, what decided its step."""
     rules = rules or default_rules()
     segs = list(segments)
     lang = _resolve_language(language, segs)
-    tagging, tags = tag_call_detailed(segs, lang, duration_s, rules)
+    tagging, tags = tag_call_detailed(segs, lang, duration_s, rules, model)
     lex_file = str(Path(rules.source or "") / "lexicon" / f"{lang}.yaml")
     out = []
     for i, (seg, tag) in enumerate(zip(segs, tags)):
@@ -143,6 +141,15 @@ def explain_call(segments: list[Segment], language: str, rules: Optional[Rules] 
                           step=None if effect.startswith("no step") else _leading_step(effect),
                           data={"rule": CONTEXT_RULES.get(rule, "")})
                     for rule, effect in tag.rules]
+        if tag.model is not None:
+            p = tag.model
+            said = f"{p.step or 'no step'} (p={p.prob:.2f}{', uncertain' if p.uncertain else ''})"
+            rules_said = tag.rule_step or "no step"
+            entries.append(Entry(
+                source="model", name=f"step model {model.meta.get('version', '')}".strip(), step=p.step,
+                detail=said + (f'; like the labelled example "{p.like}"' if p.like else "")
+                + ("" if rules_said == (p.step or "no step") else f"; the rules alone said {rules_said}"),
+                data={"scores": p.probs, "rule_step": tag.rule_step}))
         out.append(SegmentExplanation(segment=i, speaker=seg.speaker, start=seg.start, text=seg.text,
                                       step=tag.step, steps=list(tag.steps), no_step_reason=tag.null_reason,
                                       entries=entries))
@@ -160,9 +167,9 @@ def explain_call(segments: list[Segment], language: str, rules: Optional[Rules] 
                            segments=out)
 
 
-def explain_stored(event: CallTagged, rules: Optional[Rules] = None) -> CallExplanation:
-    """Explain a stored call with the given (current) rules, noting where the stored tags differ."""
-    ex = explain_call(event.segments, event.language_detected or event.language, rules, event.duration_s)
+def explain_stored(event: CallTagged, rules: Optional[Rules] = None, model=None) -> CallExplanation:
+    """Explain a stored call with the given (current) rules and model, noting where the stored tags differ."""
+    ex = explain_call(event.segments, event.language_detected or event.language, rules, event.duration_s, model)
     stored = {u.segment: u.step for u in event.utterance_tags}
     for s in ex.segments:
         s.stored_step = stored.get(s.segment)

@@ -29,6 +29,7 @@ CLASSES: tuple[str, ...] = STEPS + ("none",)
 NONE = len(STEPS)
 FORMAT = "callqa-step-model/1"
 SPEAKERS = ("manager", "client", "unknown")
+LANGS = ("en", "ru")
 _WORD = re.compile(r"[^\W_]+", re.U)
 
 
@@ -59,6 +60,7 @@ class StepModel:
     ex_emb: Optional[np.ndarray] = None
     ex_text: list[str] = field(default_factory=list)
     ex_label: Optional[np.ndarray] = None
+    ex_lang: Optional[np.ndarray] = None  # 0 en, 1 ru: an example in the call's own language reads better
 
     # ---- decoding settings (tuned on the dev split, kept in meta)
     @property
@@ -103,10 +105,12 @@ class StepModel:
             path.append(int(back[i][path[-1]]))
         return path[::-1]
 
-    def nearest(self, emb: np.ndarray, label: int) -> Optional[str]:
+    def nearest(self, emb: np.ndarray, label: int, language: Optional[str] = None) -> Optional[str]:
         if self.ex_emb is None or not len(self.ex_text):
             return None
         mask = self.ex_label == label
+        if language in ("en", "ru") and self.ex_lang is not None and (mask & (self.ex_lang == LANGS.index(language))).any():
+            mask = mask & (self.ex_lang == LANGS.index(language))
         if not mask.any():
             return None
         sims = self.ex_emb[mask].astype(np.float32) @ emb
@@ -122,6 +126,8 @@ class StepModel:
                       header=np.frombuffer(json.dumps(header, ensure_ascii=False).encode(), dtype=np.uint8))
         if self.ex_emb is not None:
             arrays.update(ex_emb=self.ex_emb.astype(np.float16), ex_label=self.ex_label.astype(np.int8))
+            if self.ex_lang is not None:
+                arrays.update(ex_lang=self.ex_lang.astype(np.int8))
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
@@ -140,7 +146,7 @@ class StepModel:
                     raise ModelError(f"{path} is not a callqa step model of format {FORMAT}")
                 m = cls(z["weights"], z["bias"], z["mean"], z["scale"], z["transitions"], header["cue_names"],
                         header.get("meta", {}), z["ex_emb"] if "ex_emb" in z else None, header.get("ex_text", []),
-                        z["ex_label"] if "ex_label" in z else None)
+                        z["ex_label"] if "ex_label" in z else None, z["ex_lang"] if "ex_lang" in z else None)
         except ModelError:
             raise
         except Exception as e:  # truncated, not a zip, missing arrays, bad JSON
@@ -207,7 +213,8 @@ def cue_names_of(rules) -> list[str]:
 
 
 def predict(model: StepModel, texts: Sequence[str], speakers: Sequence[str], rule_steps: Sequence[list[str]],
-            rule_hits: Sequence[dict], emb: Optional[np.ndarray] = None) -> list[TurnPrediction]:
+            rule_hits: Sequence[dict], emb: Optional[np.ndarray] = None,
+            language: Optional[str] = None) -> list[TurnPrediction]:
     emb = encode(texts) if emb is None else emb
     probs = model.probabilities(features(emb, speakers, texts, rule_steps, rule_hits, model.cue_names))
     path = model.decode(probs)
@@ -219,7 +226,7 @@ def predict(model: StepModel, texts: Sequence[str], speakers: Sequence[str], rul
         if step:  # a turn with two functions ("Hello, I'm looking for a calendar")
             steps += [c for c in STEPS if c != step and p[c] >= model.second_label]
         out.append(TurnPrediction(step, steps, float(probs[i][k]), p, float(probs[i][k]) < model.threshold,
-                                  model.nearest(emb[i], k) if step else None))
+                                  model.nearest(emb[i], k, language) if step else None))
     return out
 
 
@@ -282,3 +289,33 @@ class LiveModel:
         if time.monotonic() - self._checked >= self.interval_s:
             self.refresh()
         return self._model
+
+
+def apply(model: StepModel, tags: list, texts: Sequence[str], speakers: Sequence[str],
+          language: Optional[str] = None) -> None:
+    """Let the model decide the rules' SegTags' steps (in place), keeping what the rules said.
+
+    The evidence stays the rule phrase when the rules agree; otherwise it is the nearest labelled
+    example of the model's step ("like: …")."""
+    preds = predict(model, texts, speakers, [list(t.steps) for t in tags], [t.hits for t in tags],
+                    language=language)
+    for tg, p in zip(tags, preds):
+        tg.rule_step, tg.rule_steps = tg.step, list(tg.steps)
+        tg.model = p
+        if tg.step != p.step or not tg.evidence:
+            tg.evidence = f'like: "{p.like}"' if p.like else None
+        tg.step, tg.steps = p.step, list(p.steps)
+
+
+_loaded: dict[Path, tuple[tuple, StepModel]] = {}
+
+
+def load_cached(path: Path) -> StepModel:
+    """A model file loaded once per process (reloaded when the file changes)."""
+    path = Path(path)
+    st = path.stat() if path.exists() else None
+    stamp = (st.st_mtime_ns, st.st_size) if st else None
+    hit = _loaded.get(path)
+    if hit is None or hit[0] != stamp:
+        _loaded[path] = (stamp, StepModel.load(path))
+    return _loaded[path][1]

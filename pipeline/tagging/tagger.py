@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from .matcher import CompiledLexicon, Hit
 from .nlp import normalize_text
@@ -108,6 +108,10 @@ class SegTag:
     rules: list[tuple[str, str]] = field(default_factory=list)
     # lexicon hits overruled by a longer phrase of another category: (key, hit, longer key, longer hit)
     dropped: list = field(default_factory=list)
+    # set when the learned model decided the step (learned.apply): what the rules alone said, and the model's view
+    rule_step: Optional[str] = None
+    rule_steps: Optional[list[str]] = None
+    model: Optional[Any] = None  # learned.TurnPrediction
 
     def fired(self, rule: str, effect: str) -> None:
         self.rules.append((rule, effect))

@@ -18,7 +18,7 @@ import numpy as np
 from models.events import STEPS
 
 from .embed import encode
-from .learned import CLASSES, NONE, StepModel, cue_names_of, features, feature_size, predict
+from .learned import CLASSES, LANGS, NONE, StepModel, cue_names_of, features, feature_size, predict
 from .rules import Rules, default_rules
 from .tagger import tag_segments
 
@@ -159,19 +159,25 @@ def train(corpus: list[dict], rules: Optional[Rules] = None, extra: Iterable[dic
     return model
 
 
-def _exemplars(model: StepModel, dialogues: list[dict], rng: random.Random, per_class: int = 250) -> None:
-    texts, labels = [], []
-    by = {k: [] for k in range(len(CLASSES))}
-    for d in dialogues:
-        for t, s in zip(d["turns"], d["labels"]["per_turn"]):
-            if len(t.get("text", "").split()) >= 3:
-                by[NONE if s is None else CLASSES.index(s)].append(t["text"])
-    for k, items in by.items():
-        for t in rng.sample(items, min(per_class, len(items))):
-            texts.append(t)
-            labels.append(k)
+def _exemplars(model: StepModel, dialogues: list[dict], rng: random.Random, per_class: int = 150) -> None:
+    """Labelled turns kept in the model file, so a tag can say which example it resembles."""
+    texts, labels, langs = [], [], []
+    for lang in LANGS:
+        by = {k: [] for k in range(len(CLASSES))}
+        for d in dialogues:
+            if d.get("language") != lang:
+                continue
+            for t, s in zip(d["turns"], d["labels"]["per_turn"]):
+                if len(t.get("text", "").split()) >= 3:
+                    by[NONE if s is None else CLASSES.index(s)].append(t["text"])
+        for k, items in by.items():
+            for t in rng.sample(items, min(per_class, len(items))):
+                texts.append(t)
+                labels.append(k)
+                langs.append(LANGS.index(lang))
     model.ex_text = texts
     model.ex_label = np.array(labels, dtype=np.int8)
+    model.ex_lang = np.array(langs, dtype=np.int8)
     model.ex_emb = encode(texts).astype(np.float16) if texts else None
 
 

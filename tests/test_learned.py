@@ -1,0 +1,121 @@
+"""The learned step tagger: its model file, how a worker follows a new one, `callqa tag` and
+`callqa train`, and its scores on the corpus's blind test split (written by a writer it never saw)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.tagging.dialogues import dialogue_segments
+from pipeline.tagging.call import tag_call
+from pipeline.tagging.learned import PACKAGED, LiveModel, ModelError, StepModel
+from pipeline.tagging.rules import default_rules
+from pipeline.tagging.training import CORPUS, evaluate, load_corpus, score
+from tests.helpers import run_cli
+
+DIALOGUE = {"id": "x", "language": "en", "turns": [
+    {"speaker": "manager", "text": "Hi, this is Ann from Acme Freight, do you have a minute?"},
+    {"speaker": "client", "text": "Sure, go ahead."},
+    {"speaker": "manager", "text": "How many pallets do you ship a month, and where to?"},
+    {"speaker": "client", "text": "Around two hundred, mostly to Chicago."},
+    {"speaker": "client", "text": "Honestly, that is too expensive for us, we pay less now."},
+    {"speaker": "manager", "text": "I hear you. Our rates include insurance and tracking, so most clients save overall."},
+    {"speaker": "manager", "text": "Can I send you a quote today and call you Thursday at ten to go through it?"},
+    {"speaker": "client", "text": "Okay, Thursday at ten works."}]}
+
+
+def test_the_packaged_model_tags_a_call_with_probabilities_and_evidence():
+    model = StepModel.load(PACKAGED)
+    tg = tag_call(dialogue_segments(DIALOGUE["turns"]), "en", None, default_rules(), model)
+    steps = [u.step for u in tg.utterance_tags]
+    assert steps[0] == "greeting" and steps[2] == "needs_discovery" and steps[6] == "closing"
+    assert all(u.prob is not None and 0 <= u.prob <= 1 for u in tg.utterance_tags)
+    assert tg.furthest_step == "closing"
+    assert [o.kind for o in tg.objections] == ["price"]  # the rules still name the kind
+    assert all(u.evidence for u in tg.utterance_tags if u.step)  # a phrase, or "like: <example>"
+
+
+def test_a_broken_model_file_is_refused_with_advice(tmp_path):
+    bad = tmp_path / "m.npz"
+    bad.write_bytes(PACKAGED.read_bytes()[:5000])  # truncated
+    with pytest.raises(ModelError, match="callqa train"):
+        StepModel.load(bad)
+    np.savez(tmp_path / "other.npz", weights=np.zeros(3))
+    with pytest.raises(ModelError):
+        StepModel.load(tmp_path / "other.npz")
+    with pytest.raises(ModelError, match="no step model"):
+        StepModel.load(tmp_path / "missing.npz")
+
+
+def test_a_running_worker_keeps_its_model_when_a_new_file_is_broken_and_takes_a_good_one(tmp_path):
+    path = tmp_path / "step_model.npz"
+    shutil.copy(PACKAGED, path)
+    errors, infos = [], []
+    live = LiveModel([path], interval_s=0, on_error=errors.append, on_info=infos.append)
+    first = live.get()
+    path.write_bytes(b"not a model")
+    assert live.get() is first and errors and "previous model stays" in errors[-1]
+    m = StepModel.load(PACKAGED)
+    m.meta["version"] = "retrained"
+    m.save(path)
+    assert live.get().meta["version"] == "retrained" and live.error is None and infos
+
+
+def test_callqa_tag_uses_the_learned_tagger_by_default(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(DIALOGUE) + "\n")
+    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "a.jsonl"))
+    assert r.returncode == 0, r.stderr
+    learned = json.loads((tmp_path / "a.jsonl").read_text())
+    assert all(p is not None for p in learned["per_turn_prob"])
+    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "b.jsonl"), "--tagger", "rules")
+    assert r.returncode == 0, r.stderr
+    assert all(p is None for p in json.loads((tmp_path / "b.jsonl").read_text())["per_turn_prob"])
+    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "c.jsonl"),
+                env={"CALLQA_TAGGER_MODEL": str(tmp_path / "nope.npz")})
+    assert r.returncode == 2 and "no step model" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_on_the_blind_test_split_the_model_beats_the_rules():
+    """Dialogues by a writer the model never saw (split test); the figures are in bench/README.md."""
+    test = [d for d in load_corpus() if d["split"] == "test"]
+    rules = default_rules()
+    learned = evaluate(StepModel.load(PACKAGED), test, rules)
+    from pipeline.tagging.dialogues import tag_dialogue
+    for lang in ("en", "ru"):
+        ds = [d for d in test if d["language"] == lang]
+        res = [tag_dialogue(d, rules)[0] for d in ds]
+        by_rules = score(ds, [r["per_turn"] for r in res], [r["per_turn_all"] for r in res])
+        assert learned[lang]["macro_f1"] >= 0.75, learned
+        assert learned[lang]["macro_f1"] > by_rules["macro_f1"] + 0.05, (learned, by_rules)
+
+
+@pytest.mark.slow
+def test_callqa_train_installs_a_model_and_refuses_a_worse_one(tmp_path):
+    corpus = load_corpus(CORPUS)
+    small = ([d for d in corpus if d["split"] == "train"][::12] + [d for d in corpus if d["split"] == "dev"][::10]
+             + [d for d in corpus if d["split"] == "test"][::10])
+    src = tmp_path / "small.jsonl"
+    src.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in small))
+    home = tmp_path / "home"
+    env = {"CALLQA_HOME": str(home)}
+    r = run_cli("train", "--corpus", str(src), env=env, timeout=900)
+    # on a twelfth of the corpus it scores below the packaged model: refused, then installed with --force
+    assert r.returncode == 2 and "scores worse" in r.stderr, r.stdout + r.stderr
+    r = run_cli("train", "--corpus", str(src), "--force", env=env, timeout=900)
+    assert r.returncode == 0, r.stderr + r.stdout
+    installed = home / "models" / "step_model.npz"
+    assert installed.is_file() and "blind test split" in r.stdout
+    assert StepModel.load(installed).meta["corpus_dialogues"] == len(small)
+    # the installed model is now what `tag` uses; a model trained on one dialogue scores worse
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in
+                           [small[0]] + [d for d in small if d["split"] == "test"]))
+    before = installed.read_bytes()
+    r = run_cli("train", "--corpus", str(one), env=env, timeout=900)
+    assert r.returncode == 2 and "scores worse" in r.stderr, r.stdout + r.stderr
+    assert installed.read_bytes() == before
