@@ -63,7 +63,9 @@ class Settings:
     fetch_timeout_s: float = setting("CALLQA_FETCH_TIMEOUT_S", 60.0, "download timeout")
     rules_dir: str = setting("CALLQA_RULES_DIR", "", "folder with lexicon/{ru,en}.yaml and flags.yaml "
                              "(empty = the packaged config/); edits are picked up by a running worker")
-    tagger: str = setting("CALLQA_TAGGER", "learned", "learned (the step model, with the rules as its inputs) | rules")
+    tagger: str = setting(
+        "CALLQA_TAGGER", "rules", "rules | learned (the step model, with the rules as its inputs; not yet the default: "
+        "see bench/README.md, it scores lower than the rules on real conversations)")
     tagger_model: str = setting(
         "CALLQA_TAGGER_MODEL", "", "step model file; empty = the one `callqa train` installed in CALLQA_HOME/models, "
         "else the packaged one")

@@ -64,17 +64,17 @@ def test_a_running_worker_keeps_its_model_when_a_new_file_is_broken_and_takes_a_
     assert live.get().meta["version"] == "retrained" and live.error is None and infos
 
 
-def test_callqa_tag_uses_the_learned_tagger_by_default(tmp_path):
+def test_callqa_tag_with_the_learned_tagger_or_the_rules(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps(DIALOGUE) + "\n")
-    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "a.jsonl"))
+    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "a.jsonl"), env={"CALLQA_TAGGER": "learned"})
     assert r.returncode == 0, r.stderr
     learned = json.loads((tmp_path / "a.jsonl").read_text())
     assert all(p is not None for p in learned["per_turn_prob"])
-    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "b.jsonl"), "--tagger", "rules")
+    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "b.jsonl"))  # the default: rules
     assert r.returncode == 0, r.stderr
     assert all(p is None for p in json.loads((tmp_path / "b.jsonl").read_text())["per_turn_prob"])
-    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "c.jsonl"),
+    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "c.jsonl"), "--tagger", "learned",
                 env={"CALLQA_TAGGER_MODEL": str(tmp_path / "nope.npz")})
     assert r.returncode == 2 and "no step model" in r.stderr and "Traceback" not in r.stderr
 
@@ -111,7 +111,7 @@ def test_callqa_train_installs_a_model_and_refuses_a_worse_one(tmp_path):
     installed = home / "models" / "step_model.npz"
     assert installed.is_file() and "blind test split" in r.stdout
     assert StepModel.load(installed).meta["corpus_dialogues"] == len(small)
-    # the installed model is now what `tag` uses; a model trained on one dialogue scores worse
+    # a model trained on one dialogue scores worse than the installed one
     one = tmp_path / "one.jsonl"
     one.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in
                            [small[0]] + [d for d in small if d["split"] == "test"]))

@@ -1,0 +1,136 @@
+"""The learned step tagger against the rules, on data neither was tuned on, and its speed.
+
+Sets:
+* corpus test split (corpus/dialogues.jsonl, split "test": writer w6, never used to train or to
+  choose anything);
+* shared/eval/dialogues.jsonl (real conversations, evaluation only: scored, never trained or tuned on);
+each with speakers known and with speakers unknown (as in a mono call). Plus the corpus make-up, and
+the time to tag a 10-minute call (200 segments) on one core, embeddings cold and cached.
+
+Usage: python bench/learned_tagger.py [--write-readme]
+(--write-readme replaces the section between <!-- learned:start --> and <!-- learned:end --> in
+bench/README.md)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core, as the issue measures
+
+from pipeline.tagging.dialogues import dialogue_segments, tag_dialogue  # noqa: E402
+from pipeline.tagging.learned import PACKAGED, StepModel  # noqa: E402
+from pipeline.tagging.rules import default_rules  # noqa: E402
+from pipeline.tagging.training import CORPUS, load_corpus, score, unknown_speakers  # noqa: E402
+
+SHARED = Path(os.environ.get("CALLQA_SHARED_DIR") or ROOT.parent / "shared")
+README = ROOT / "bench" / "README.md"
+MARK_START, MARK_END = "<!-- learned:start -->", "<!-- learned:end -->"
+NOTE = ("Reading: on dialogues written like its corpus (the blind split, by a writer it never saw) the model meets the per-turn target in English and comes close in Russian, far above the rules; on the real conversations of `shared/eval` (never trained or tuned on; the rules were written against them, so their 0.96 there is not a fair comparison) it reaches 0.70 / 0.72 and its furthest step is often wrong. The rules' own held-out figures (issue 9: 0.65 / 0.82 macro-F1, 0.82 / 0.67 furthest) suggest the model is better in English turns and worse in Russian and in furthest step on real calls. So the rules stay the default (`CALLQA_TAGGER=rules`) until the model wins on real conversations: the written corpus does not transfer well enough on its own; real labelled calls (corrections from the web app) are the next step.")
+
+
+def run(dialogues: list[dict], rules, model) -> dict:
+    out = {}
+    for lang in ("en", "ru"):
+        ds = [d for d in dialogues if d.get("language") == lang]
+        if not ds:
+            continue
+        res = [tag_dialogue(d, rules, model)[0] for d in ds]
+        out[lang] = score(ds, [r["per_turn"] for r in res], [r["per_turn_all"] for r in res])
+    return out
+
+
+def speed(model, rules, n: int = 200, runs: int = 3) -> dict:
+    from pipeline.tagging.call import tag_call
+    from pipeline.tagging.embed import Encoder
+    import pipeline.tagging.embed as embed
+    corpus = [d for d in load_corpus() if d["split"] == "train"]
+    turns = [t for d in corpus if d["language"] == "en" for t in d["turns"]][:n]
+    segs = dialogue_segments(turns)
+    tag_call(segs[:5], "en", None, rules, model)  # load the encoder and spaCy once
+    cold = []
+    for _ in range(runs):
+        embed._shared = Encoder()  # no cached texts: a call of new sentences
+        t = time.perf_counter()
+        tag_call(segs, "en", None, rules, model)
+        cold.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    tag_call(segs, "en", None, rules, model)
+    warm = time.perf_counter() - t
+    t = time.perf_counter()
+    tag_call(segs, "en", None, rules, None)
+    rules_only = time.perf_counter() - t
+    return {"segments": len(segs), "learned_s": min(cold), "learned_cached_s": warm, "rules_s": rules_only}
+
+
+def report() -> str:
+    rules = default_rules()
+    model = StepModel.load(PACKAGED)
+    corpus = load_corpus(CORPUS)
+    test = [d for d in corpus if d["split"] == "test"]
+    sets = {"corpus test split (w6)": test}
+    shared = SHARED / "eval" / "dialogues.jsonl"
+    if shared.is_file():
+        sets["shared/eval/dialogues.jsonl"] = [json.loads(x) for x in shared.read_text().splitlines() if x.strip()]
+    rows = ["| set | speakers | tagger | macro-F1 en | macro-F1 ru | furthest en | furthest ru |",
+            "|---|---|---|---|---|---|---|"]
+    for name, ds in sets.items():
+        for spk, data in (("known", ds), ("unknown", [unknown_speakers(d) for d in ds])):
+            for tname, m in (("learned", model), ("rules", None)):
+                r = run(data, rules, m)
+                rows.append(f"| {name} | {spk} | {tname} | {r['en']['macro_f1']:.3f} | {r['ru']['macro_f1']:.3f} | "
+                            f"{r['en']['furthest']:.2f} | {r['ru']['furthest']:.2f} |")
+                print(rows[-1], flush=True)
+    sp = speed(model, rules)
+    comp = Counter((d["split"], d["language"]) for d in corpus)
+    kinds = Counter(d.get("kind") for d in corpus)
+    meta = model.meta
+    lines = [
+        MARK_START, "## Learned step tagger", "",
+        f"Model `pipeline/tagging/data/step_model.npz` (version {meta.get('version')}), trained on "
+        f"{meta.get('trained_on')} dialogues of the train split (+ ASR-style and speaker-less variants); decoding "
+        f"settings chosen on dev (prior weight {meta.get('prior_weight')}, transition weight "
+        f"{meta.get('transition_weight')}). Per-turn macro-F1 over the five steps and none, crediting a "
+        "prediction in the turn's `per_turn_all`; furthest-step accuracy. Target: macro-F1 ≥ 0.85 and "
+        "furthest ≥ 0.90 with speakers known, ≥ 0.80 / 0.85 unknown.", "",
+        *rows, "",
+        "Dev split (w5), where the settings were chosen: "
+        f"macro-F1 {meta.get('dev', {}).get('macro_f1', 0):.3f}, furthest {meta.get('dev', {}).get('furthest', 0):.2f}; "
+        f"speakers unknown {meta.get('dev_unknown_speakers', {}).get('macro_f1', 0):.3f} / "
+        f"{meta.get('dev_unknown_speakers', {}).get('furthest', 0):.2f} (both languages together).", "",
+        f"Corpus (`corpus/README.md`): {len(corpus)} dialogues; "
+        + ", ".join(f"{s} {l} {n}" for (s, l), n in sorted(comp.items())) + "; kinds: "
+        + ", ".join(f"{k} {n}" for k, n in kinds.most_common()) + ".", "",
+        f"Speed, one core, a {sp['segments']}-segment call: learned {sp['learned_s']:.2f} s with new sentences "
+        f"({sp['learned_cached_s']:.2f} s when its sentences were seen before), rules alone {sp['rules_s']:.2f} s "
+        "(same run).", "", NOTE, MARK_END]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--write-readme", action="store_true")
+    args = ap.parse_args(argv)
+    text = report()
+    print(text)
+    if args.write_readme:
+        old = README.read_text(encoding="utf-8")
+        if MARK_START in old:
+            head, rest = old.split(MARK_START, 1)
+            old = head + text + rest.split(MARK_END, 1)[1]
+        else:
+            old = old.rstrip() + "\n\n" + text + "\n"
+        README.write_text(old, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
