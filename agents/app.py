@@ -84,10 +84,9 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         def tagger(ev: CallTranscribed) -> CallTagged:
             return retag(ev, rules.get())
 
-        @app.timer(interval=2.0)
-        async def watch_rules():
-            # a trainer's edit is judged (and logged) when it is saved, not when the next call comes
-            rules.refresh()
+        # a trainer's edit is judged (and logged) when it is saved, not when the next call comes; a thread,
+        # not a Faust timer: with a timer, partition hand-overs between workers stalled in tests
+        rules.watch(interval_s=2.0)
 
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callqa-db")  # one writer
     sessions = None
