@@ -99,13 +99,11 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         def tagger(ev: CallTranscribed) -> CallTagged:
             return retag(ev, rules.get(), model.get() if model else None)
 
-        @app.timer(interval=2.0)
-        async def watch_rules():
-            # a trainer's edit (or a newly trained model) is judged and logged when it is saved,
-            # not when the next call comes
-            rules.refresh()
-            if model is not None:
-                model.refresh()
+        # a trainer's edit is judged (and logged) when it is saved, not when the next call comes; a thread,
+        # not a Faust timer: with a timer, partition hand-overs between workers stalled in tests
+        rules.watch(interval_s=2.0)
+        if model is not None:
+            model.watch(interval_s=5.0)
 
     db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callqa-db")  # one writer
     sessions = None

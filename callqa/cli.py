@@ -23,8 +23,8 @@ def cmd_worker(args, s: Settings) -> int:
         return _err("no Kafka broker: set CALLQA_KAFKA_BOOTSTRAP=host:port "
                     "(or start a local one in another terminal with `callqa broker`)")
     from callqa.broker import BrokerError, ensure_topics, wait_for_broker
-    from models.db import session_factory
-    session_factory(s.db_url)  # a wrong database URL is said now, not after the first call
+    from models.db import make_engine
+    make_engine(s.db_url).dispose()  # a wrong URL or a missing driver is said now, not after the first call
     try:
         wait_for_broker(s.kafka_bootstrap, timeout_s=30)
         ensure_topics(s.kafka_bootstrap, [s.topic_recorded, s.topic_transcribed, s.topic_tagged, s.topic_dlq,

@@ -78,14 +78,16 @@ def migrate(engine: Engine) -> None:
 
     cfg = alembic_config(engine)
     try:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-    except OperationalError as e:
-        reason = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(getattr(e, "orig", e)).strip() else e
+        with engine.connect():
+            pass
+    except OperationalError as e:  # only reaching the database is the user's to fix; the rest is a bug
+        reason = (str(getattr(e, "orig", e)).strip() or type(e).__name__).splitlines()[0]
         raise DatabaseError(f"cannot open the database {_shown(engine.url.render_as_string(hide_password=False))}: "
                             f"{reason}. Is the server running, and are the host, port, user and password in "
                             "CALLQA_DATABASE_URL right?") from None
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
 
 
 def session_factory(url: str, *, create: bool = True, must_exist: bool = False) -> sessionmaker:

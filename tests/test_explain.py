@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 
 from callqa.cli import main
 from models.db import session_factory
@@ -181,6 +182,16 @@ def test_live_rules_judge_an_edit_when_it_is_saved_and_log_the_recovery(tmp_path
     assert live.refresh() is True
     assert live.error is None and live.get().flags.flags.long_monologue.max_s == 45
     assert infos and "fixed" in infos[-1]
+    # the worker's way: a thread watches the files, nothing has to be tagged
+    live.watch(interval_s=0.1)
+    try:
+        (d / "flags.yaml").write_text("flags: [broken\n")
+        deadline = time.monotonic() + 10
+        while len(errors) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(errors) == 2 and "flags.yaml" in errors[1]
+    finally:
+        live.stop()
 
 
 def test_rules_check(tmp_path):

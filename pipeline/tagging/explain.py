@@ -65,16 +65,6 @@ class SegmentExplanation(BaseModel):
     def differs(self) -> bool:
         return self.stored_step != self.step
 
-    @property
-    def summary(self) -> str:
-        """The entry that decided the step, in a few words (for a tooltip or a compact listing)."""
-        last_rule = next((e for e in reversed(self.entries)
-                          if e.source != "lexicon" and not e.name.startswith("objection-")), None)
-        if last_rule is not None:
-            return f"{last_rule.name}: {last_rule.detail}"
-        hit = next((e for e in self.entries if e.counted and e.step == self.step and self.step), None)
-        return hit.detail if hit else ("no phrase matched" if not self.entries else "no step")
-
 
 class CallExplanation(BaseModel):
     language: str

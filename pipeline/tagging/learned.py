@@ -290,6 +290,19 @@ class LiveModel:
             self.refresh()
         return self._model
 
+    def watch(self, interval_s: float = 5.0) -> None:
+        """Check the file in a daemon thread, so a new or broken model is logged when it is installed."""
+        import threading
+        stop = threading.Event()
+
+        def loop():
+            while not stop.wait(interval_s):
+                try:
+                    self.refresh()
+                except Exception as e:  # never end the watching
+                    self.on_error(f"checking the step model {self.path} failed: {e}")
+        threading.Thread(target=loop, name="callqa-model-watch", daemon=True).start()
+
 
 def apply(model: StepModel, tags: list, texts: Sequence[str], speakers: Sequence[str],
           language: Optional[str] = None) -> None:

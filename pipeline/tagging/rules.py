@@ -9,6 +9,7 @@ Every problem is reported as ``RulesError("<file>: <key.path>: <what is wrong>")
 from __future__ import annotations
 
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -138,7 +139,7 @@ def default_rules() -> Rules:
 
 class LiveRules:
     """Rules that follow trainers' edits: the YAML is re-read when a file changes (checked at most
-    every ``interval_s``, by ``get()`` or by a timer calling ``refresh()``). An edit that does not
+    every ``interval_s`` by ``get()``, or all the time by ``watch()``'s thread). An edit that does not
     validate is reported through ``on_error`` and the last good rules stay; the edit that fixes it
     is reported through ``on_info``, so a trainer watching the log sees both."""
 
@@ -152,6 +153,9 @@ class LiveRules:
         self._checked = time.monotonic()
         self.error: Optional[str] = None     # the rejected edit the files hold now, if any
         self.loaded_at = time.time()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: Optional[threading.Thread] = None
 
     def _mtimes(self) -> tuple:
         out = []
@@ -165,6 +169,10 @@ class LiveRules:
 
     def refresh(self) -> bool:
         """Re-read the files if they changed; True when new rules were taken."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         self._checked = time.monotonic()
         stamp = self._mtimes()
         if stamp == self._stamp:
@@ -184,9 +192,27 @@ class LiveRules:
         return True
 
     def get(self) -> Rules:
-        if time.monotonic() - self._checked >= self.interval_s:
+        watched = self._watcher is not None and self._watcher.is_alive()
+        if not watched and time.monotonic() - self._checked >= self.interval_s:
             self.refresh()
         return self._rules
+
+    def watch(self, interval_s: float = 2.0) -> None:
+        """Check the files every ``interval_s`` in a daemon thread, whether or not anything is tagged."""
+        if self._watcher is not None:
+            return
+
+        def loop():
+            while not self._stop.wait(interval_s):
+                try:
+                    self.refresh()
+                except Exception as e:  # an unreadable folder must not end the watching
+                    self.on_error(f"checking the rules in {self.base} failed: {e}")
+        self._watcher = threading.Thread(target=loop, name="callqa-rules-watch", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def rule_files(base: Path) -> list[Path]:
