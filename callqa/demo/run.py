@@ -39,8 +39,10 @@ def _saved_reviews(db_url: str) -> list[dict]:
         return []
     try:
         with session_factory(db_url)() as session:
-            return [{"call_id": r.call_id, "flag": r.flag_code, "verdict": r.verdict, "comment": r.comment,
-                     "reviewer": r.reviewer, "created_at": r.created_at} for r in session.scalars(select(Review))]
+            # the whole history, oldest first, so the current verdict of each flag stays the current one
+            return [{"call_id": r.call_id, "flag": r.flag_code, "at": r.flag_at, "verdict": r.verdict,
+                     "comment": r.comment, "reviewer": r.reviewer, "created_at": r.created_at}
+                    for r in session.scalars(select(Review).order_by(Review.current, Review.id))]
     except Exception as e:  # an unreadable old database must not stop the demo; say what is lost
         print(f"  (could not read the reviews of the previous demo database: {e})")
         return []
@@ -52,7 +54,8 @@ def _restore_reviews(sessions, reviews: list[dict]) -> tuple[int, list[str]]:
     for r in reviews:
         try:
             with sessions.begin() as session:
-                rv = record_review(session, r["call_id"], r["flag"], r["verdict"], r["comment"], r["reviewer"])
+                rv = record_review(session, r["call_id"], r["flag"], r["verdict"], r["comment"], r["reviewer"],
+                                   at=r.get("at"))
                 if r["created_at"] is not None:
                     rv.created_at = r["created_at"]
             kept += 1
