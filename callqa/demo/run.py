@@ -54,8 +54,13 @@ def _restore_reviews(sessions, reviews: list[dict]) -> tuple[int, list[str]]:
     for r in reviews:
         try:
             with sessions.begin() as session:
-                rv = record_review(session, r["call_id"], r["flag"], r["verdict"], r["comment"], r["reviewer"],
-                                   at=r.get("at"))
+                try:
+                    rv = record_review(session, r["call_id"], r["flag"], r["verdict"], r["comment"], r["reviewer"],
+                                       at=r.get("at"))
+                except LookupError:
+                    # re-transcribed on another machine, the moment may have moved a little: the call's only
+                    # flag of that code is the same one (several: record_review refuses to guess)
+                    rv = record_review(session, r["call_id"], r["flag"], r["verdict"], r["comment"], r["reviewer"])
                 if r["created_at"] is not None:
                     rv.created_at = r["created_at"]
             kept += 1
