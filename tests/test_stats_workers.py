@@ -88,9 +88,11 @@ def test_two_workers_one_stops_stats_stay_exact(kafka_bootstrap, tmp_path, db_ur
             assert mirror[m].objections == expected[m].objections, m
             assert table[m].totals == expected[m].totals, m
             assert set(table[m].counted()) == {f"call-{n}" for n in range(36) if MANAGERS[n % 6] == m}
-        # the re-tagged calls count with their new content only (revision 2: stored twice)
-        assert expected["mgr-4"].contributions["call-4"] == stats.outcome_from_tagged(
-            tagged_event(4, "mgr-4", variant=1), revision=2).to_compact()
+        # the re-tagged calls count with their new content only (the revision counts the stores, which
+        # depends on how often Kafka redelivered across the hand-over: not compared)
+        got = dict(expected["mgr-4"].contributions["call-4"])
+        want = stats.outcome_from_tagged(tagged_event(4, "mgr-4", variant=1)).to_compact()
+        assert got.pop("r") >= 2 and {k: v for k, v in want.items() if k != "r"} == got
     finally:
         a.stop()
         b.stop()
