@@ -28,6 +28,7 @@ What both get, in this order (``BaseEngine.transcribe``):
 """
 from __future__ import annotations
 
+import heapq
 import importlib.util
 import os
 import re
@@ -66,6 +67,10 @@ class AsrOptions:
     beam_size: int = 5
     vad: bool = True
     vad_mono: bool = False          # mono files: VAD only decides whether there is speech; the whole file is decoded
+    batched: bool = True            # faster-whisper: decode VAD chunks of up to chunk_s in batches (see _decode_batched)
+    batch_size: int = 8             # chunks per batch (each chunk is a 30 s Whisper window); GPU: 16-32
+    chunk_s: float = 30.0           # longest chunk (Whisper's window)
+    mono_widen_s: float = 1.0       # batched mono: silence kept around each VAD region (cut tighter, word edges go)
     initial_prompt: Optional[str] = None
     hotwords: Optional[str] = None
     turn_gap_s: float = 0.8
@@ -265,13 +270,16 @@ def _loud_frames(audio: np.ndarray, frame: int = 480) -> np.ndarray:
     return db > max(np.percentile(db, 99) - 30, -50)
 
 
-def speech_regions(audio: np.ndarray, opts: AsrOptions) -> list[tuple[int, int]]:
-    """Silero speech regions (samples); retried with a lower threshold if they miss the loud frames."""
+def speech_regions(audio: np.ndarray, opts: AsrOptions, max_speech_s: Optional[float] = None) -> list[tuple[int, int]]:
+    """Silero speech regions (samples); retried with a lower threshold if they miss the loud frames.
+    ``max_speech_s``: longer speech is split at its last short pause before that length (for chunking)."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     def run(threshold: float) -> list[tuple[int, int]]:
-        return [(t["start"], t["end"]) for t in
-                get_speech_timestamps(audio, VadOptions(threshold=threshold, neg_threshold=max(threshold - 0.15, 0.01)))]
+        vo = VadOptions(threshold=threshold, neg_threshold=max(threshold - 0.15, 0.01))
+        if max_speech_s:
+            vo.max_speech_duration_s = max_speech_s
+        return [(t["start"], t["end"]) for t in get_speech_timestamps(audio, vo)]
 
     regions = run(0.5)
     loud = _loud_frames(audio)
@@ -309,6 +317,58 @@ def compact(audio: np.ndarray, regions: list[tuple[int, int]], gap_s: float) -> 
         prev_end = e
     out = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
     return out, TimeMap(pieces)
+
+
+def widen_regions(regions: list[tuple[int, int]], n: int, widen_s: float, max_s: float) -> list[tuple[int, int]]:
+    """Grow each speech region into the silence around it (at most ``widen_s`` a side, half of each gap, and
+    ``max_s`` in all), so that cutting at region edges drops only long silences, never word edges."""
+    w, cap = int(widen_s * SAMPLE_RATE), int(max_s * SAMPLE_RATE)
+    out = []
+    for i, (s, e) in enumerate(regions):
+        left = s - (regions[i - 1][1] + s) // 2 if i else s
+        right = (e + regions[i + 1][0]) // 2 - e if i + 1 < len(regions) else n - e
+        left, right = max(0, min(w, left)), max(0, min(w, right))
+        spare = cap - (e - s)
+        if left + right > spare:  # keep the region within one chunk: share what room there is
+            left = min(left, max(spare // 2, spare - right))
+            right = max(0, min(right, spare - left))
+        out.append((s - left, e + right))
+    return out
+
+
+def chunk_regions(regions: list[tuple[int, int]], max_s: float, gap_s: float) -> list[list[tuple[int, int]]]:
+    """Group consecutive speech regions into chunks that, compacted with at most ``gap_s`` of silence between
+    regions (``compact``), last at most ``max_s`` (one Whisper window). A region longer than that is cut."""
+    cap, gap = int(max_s * SAMPLE_RATE), int(gap_s * SAMPLE_RATE)
+    pieces: list[tuple[int, int]] = []
+    for s, e in regions:
+        while e - s > cap:
+            pieces.append((s, s + cap))
+            s += cap
+        if e > s:
+            pieces.append((s, e))
+    groups: list[list[tuple[int, int]]] = []
+    cur: list[tuple[int, int]] = []
+    length = 0
+    for s, e in pieces:
+        g = min(gap, max(s - cur[-1][1], 0)) if cur else 0
+        if cur and length + g + (e - s) > cap:
+            groups.append(cur)
+            cur, length, g = [], 0, 0
+        cur.append((s, e))
+        length += g + e - s
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+@dataclass
+class Chunk:
+    """One decoder window of a batched decode: compacted speech of one stream, with the way back."""
+    stream: int
+    audio: np.ndarray
+    tmap: TimeMap
+    speech_s: float
 
 
 # ----------------------------------------------------------------------------- guards
@@ -409,6 +469,12 @@ def drop_repeats(turns: list[Turn], max_repeats: int = 2) -> list[Turn]:
 
 def postprocess(segments: list[RawSegment], opts: AsrOptions, tmap: Optional[TimeMap] = None) -> list[Turn]:
     """Guards, time mapping back to the original audio, and turns."""
+    return group_turns(kept_words(segments, opts, tmap), opts.turn_gap_s, opts.sentence_gap_s)
+
+
+def kept_words(segments: list[RawSegment], opts: AsrOptions, tmap: Optional[TimeMap] = None
+               ) -> list[tuple[WordT, float]]:
+    """The words of the segments that pass the guards, in original time, each with its segment's log-prob."""
     items: list[tuple[WordT, float]] = []
     for seg in segments:
         if is_hallucination(seg, opts):
@@ -426,7 +492,7 @@ def postprocess(segments: list[RawSegment], opts: AsrOptions, tmap: Optional[Tim
                         end = tmap.pieces[ps][1] + tmap.pieces[ps][2]
                 w = WordT(round(start, 3), round(max(end, start), 3), w.word, w.probability)
             items.append((w, seg.avg_logprob))
-    return group_turns(items, opts.turn_gap_s, opts.sentence_gap_s)
+    return items
 
 
 # ----------------------------------------------------------------------------- engines
@@ -445,7 +511,30 @@ class BaseEngine:
 
     def transcribe_ex(self, audio: np.ndarray, language: Optional[str], opts: AsrOptions,
                       progress: Optional[Progress] = None, mono: bool = False) -> tuple[list[Turn], Optional[str], float]:
-        """Turns, language, and the seconds of audio the decoder saw.
+        """Turns, language, and the seconds of audio the decoder saw (``transcribe_streams`` of one stream)."""
+        return self.transcribe_streams([audio], language, opts, progress, mono=mono)[0]
+
+    def transcribe_streams(self, streams: list[np.ndarray], language: Optional[str], opts: AsrOptions,
+                           progress: Optional[Progress] = None, mono: bool = False
+                           ) -> list[tuple[list[Turn], Optional[str], float]]:
+        """The streams of one call (the channels of a stereo call, or a mono recording): per stream its turns,
+        language and the seconds of audio the decoder saw. This engine decodes them one after the other;
+        faster-whisper's batched mode decodes them together (``FasterWhisperEngine``)."""
+        total = sum(len(a) for a in streams) / SAMPLE_RATE
+        out = []
+        done = 0.0
+        for audio in streams:
+            sub = None
+            if progress:
+                def sub(d, _t, base=done):
+                    progress(base + d, total)
+            out.append(self._transcribe_one(audio, language, opts, sub, mono))
+            done += len(audio) / SAMPLE_RATE
+        return out
+
+    def _transcribe_one(self, audio: np.ndarray, language: Optional[str], opts: AsrOptions,
+                        progress: Optional[Progress], mono: bool) -> tuple[list[Turn], Optional[str], float]:
+        """Sequential decoding of one stream.
 
         ``mono``: the audio is a whole (mixed) recording, not one side of a stereo call. The benchmark
         (bench/README.md) found VAD cutting worth it per stereo channel (it removes the far-end echo that
@@ -496,6 +585,127 @@ class FasterWhisperEngine(BaseEngine):
                 progress(min(seg.end, total), total)
         return out, info.language
 
+
+
+    # ------------------------------------------------------------------------- batched decoding
+
+    def transcribe_streams(self, streams, language, opts, progress=None, mono=False):
+        if not (opts.batched and opts.vad):  # chunks are cut at VAD pauses; without the VAD, decode sequentially
+            return super().transcribe_streams(streams, language, opts, progress, mono)
+        return self._decode_batched(streams, language, opts, progress, mono)
+
+    def plan_chunks(self, audio: np.ndarray, opts: AsrOptions, mono: bool) -> list[list[tuple[int, int]]]:
+        """The chunks of one stream, as lists of speech regions (samples)."""
+        regions = speech_regions(audio, opts, max_speech_s=opts.chunk_s)
+        if not regions:
+            return []
+        if mono and not opts.vad_mono:
+            # a mixed recording: cut only long silences, so no word edge is lost (as the sequential mode,
+            # which decodes the whole file); chunk boundaries fall in pauses
+            regions = widen_regions(regions, len(audio), opts.mono_widen_s, opts.chunk_s)
+        return chunk_regions(regions, opts.chunk_s, opts.vad_gap_s)
+
+    def _decode_batched(self, streams: list[np.ndarray], language: Optional[str], opts: AsrOptions,
+                        progress: Optional[Progress], mono: bool) -> list[tuple[list[Turn], Optional[str], float]]:
+        """faster-whisper's batched inference (``BatchedInferencePipeline``), driven chunk by chunk.
+
+        Each stream is cut by the product's VAD (the lenient retry included: faster-whisper's own VAD
+        misses speech on telephone-band audio) into chunks of up to ``chunk_s`` of speech with the pauses
+        kept short (``compact``); the chunks of all streams, in time order, are decoded ``batch_size`` at a
+        time, without timestamps tokens, with word timestamps from the cross-attention alignment. Features
+        exist for one batch at a time, so memory does not grow with the length of the call. A chunk whose
+        decode fails Whisper's own checks (compression ratio, log-prob) is decoded again sequentially with
+        the temperature fallback, as the sequential mode would. The language, when not given, is detected
+        once per call from the first batch (all streams of a call speak one language)."""
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+
+        model = self.model
+        streams = [np.ascontiguousarray(a, dtype=np.float32) for a in streams]
+        plans = [self.plan_chunks(a, opts, mono) for a in streams]
+        speech = [sum(e - s for g in p for s, e in g) / SAMPLE_RATE for p in plans]
+        items: list[list[tuple[WordT, float]]] = [[] for _ in streams]
+        seen = [0.0] * len(streams)
+        total_audio = sum(len(a) for a in streams) / SAMPLE_RATE
+        total_speech, done = sum(speech), 0.0
+        self.last_stats = {"chunks": 0, "fallbacks": 0}
+
+        def chunks():
+            order = heapq.merge(*[[(g[0][0], i, k) for k, g in enumerate(p)] for i, p in enumerate(plans)])
+            for _, i, k in order:  # compacted lazily: only the batch being decoded exists as audio and features
+                audio, tmap = compact(streams[i], plans[i][k], opts.vad_gap_s)
+                yield Chunk(i, audio, tmap, sum(e - s for s, e in plans[i][k]) / SAMPLE_RATE)
+
+        lang = language if model.model.is_multilingual else "en"
+        tokenizers: dict[str, Tokenizer] = {}
+        slot = 0  # each chunk gets its own 30 s slot on a virtual timeline (faster-whisper's word timing carries
+        last_speech = 0.0  # the previous segment's end from chunk to chunk, as across windows when sequential)
+        it = chunks()
+        while True:
+            batch = [c for _, c in zip(range(opts.batch_size), it)]
+            if not batch:
+                break
+            feats = np.stack([pad_or_trim(model.feature_extractor(c.audio)[..., :-1]) for c in batch])
+            enc = model.encode(feats)
+            if lang is None:
+                lang = self._detect_language(enc, [max(c.speech_s, 0.1) for c in batch])
+            tok = tokenizers.get(lang)
+            if tok is None:
+                tok = tokenizers[lang] = Tokenizer(model.hf_tokenizer, model.model.is_multilingual,
+                                                   task="transcribe", language=lang)
+            prompt = model.get_prompt(tok, tok.encode(" " + opts.initial_prompt.strip()) if opts.initial_prompt else [],
+                                      without_timestamps=True, hotwords=opts.hotwords)
+            res = model.model.generate(
+                enc, [list(prompt) for _ in batch], beam_size=opts.beam_size, patience=1.0, length_penalty=1.0,
+                max_length=model.max_length, suppress_blank=True, suppress_tokens=get_suppressed_tokens(tok, [-1]),
+                return_scores=True, return_no_speech_prob=True, sampling_temperature=0.0)
+            segs, sizes = [], []
+            for j, (c, r) in enumerate(zip(batch, res)):
+                tokens = r.sequences_ids[0]
+                dur = len(c.audio) / SAMPLE_RATE
+                t0 = 30.0 * (slot + j)
+                segs.append([dict(tokens=tokens, start=t0, end=t0 + dur, seek=int(round(t0 * model.frames_per_second)),
+                                  avg_logprob=r.scores[0] * len(tokens) / (len(tokens) + 1),
+                                  no_speech_prob=r.no_speech_prob)])
+                sizes.append(int(np.ceil(dur) * model.frames_per_second))
+            last_speech = model.add_word_timestamps(segs, tok, enc, sizes, "\"'“¿([{-",
+                                                    "\"'.。,，!！?？:：”)]}、", last_speech) or last_speech
+            del enc, feats
+            for j, (c, (seg,)) in enumerate(zip(batch, segs)):
+                t0 = 30.0 * (slot + j)
+                text = tok.decode([t for t in seg["tokens"] if t < tok.eot])
+                raw = RawSegment(seg["start"] - t0, seg["end"] - t0, text, seg["avg_logprob"], seg["no_speech_prob"],
+                                 get_compression_ratio(text) if text.strip() else 0.0,
+                                 [WordT(w["start"] - t0, w["end"] - t0, w["word"], w["probability"])
+                                  for w in seg.get("words") or []])
+                raws = [raw]
+                silent = raw.no_speech_prob > opts.no_speech_threshold and raw.avg_logprob < opts.logprob_threshold
+                if not silent and (raw.compression_ratio > opts.compression_ratio_threshold
+                                   or raw.avg_logprob < opts.logprob_threshold):
+                    self.last_stats["fallbacks"] += 1
+                    raws, _ = self.decode(c.audio, lang, opts)  # sequential, with the temperature fallback
+                items[c.stream] += kept_words(raws, opts, c.tmap)
+                seen[c.stream] += len(c.audio) / SAMPLE_RATE
+                done += c.speech_s
+            slot += len(batch)
+            self.last_stats["chunks"] += len(batch)
+            if progress and total_speech:
+                progress(total_audio * done / total_speech, total_audio)
+        out = []
+        for i, its in enumerate(items):
+            its.sort(key=lambda x: x[0].start)
+            out.append((group_turns(its, opts.turn_gap_s, opts.sentence_gap_s), lang if plans[i] else None,
+                        seen[i]))
+        return out
+
+    def _detect_language(self, enc, weights: list[float]) -> str:
+        """The language of a batch: Whisper's language probabilities of each chunk, weighted by its speech."""
+        scores: dict[str, float] = {}
+        for w, pairs in zip(weights, self.model.model.detect_language(enc)):
+            for token, p in pairs:
+                scores[token] = scores.get(token, 0.0) + w * p
+        return max(scores, key=scores.get)[2:-2]  # "<|ru|>" -> "ru"
 
 class OpenAIWhisperEngine(BaseEngine):
     """openai-whisper on PyTorch (the ``[openai]`` extra). Audio is passed as an array, so no ffmpeg here."""
@@ -562,21 +772,37 @@ def load_engine(opts: AsrOptions) -> float:
 def transcribe_channel(path: str, channel: Optional[int], language: Optional[str], opts: AsrOptions,
                        max_audio_s: Optional[float] = None, progress: Optional[Progress] = None) -> ChannelResult:
     """Decode one channel of a file and transcribe it. Runs in a worker process."""
+    return transcribe_call(path, [channel], language, opts, max_audio_s, progress)[0]
+
+
+def transcribe_call(path: str, channels: list[Optional[int]], language: Optional[str], opts: AsrOptions,
+                    max_audio_s: Optional[float] = None, progress: Optional[Progress] = None) -> list[ChannelResult]:
+    """Decode a file once and transcribe the given channels (``None``: the file as mono) together: in batched
+    mode their chunks share batches. Runs in a worker process."""
     from pipeline.audio import decode_channels
 
     t0 = time.perf_counter()
-    channels = decode_channels(Path(path), max_audio_s)
-    audio = channels[channel if channel is not None and len(channels) > 1 else 0]
-    return transcribe_array(audio, language, opts, progress, t0=t0, mono=channel is None)
+    decoded = decode_channels(Path(path), max_audio_s)
+    streams = [decoded[c if c is not None and len(decoded) > 1 else 0] for c in channels]
+    del decoded  # the channels not asked for
+    return transcribe_arrays(streams, language, opts, progress, t0=t0, mono=channels == [None])
 
 
 def transcribe_array(audio: np.ndarray, language: Optional[str], opts: AsrOptions,
                      progress: Optional[Progress] = None, t0: Optional[float] = None,
                      mono: bool = False) -> ChannelResult:
+    return transcribe_arrays([audio], language, opts, progress, t0, mono)[0]
+
+
+def transcribe_arrays(streams: list[np.ndarray], language: Optional[str], opts: AsrOptions,
+                      progress: Optional[Progress] = None, t0: Optional[float] = None,
+                      mono: bool = False) -> list[ChannelResult]:
+    """The streams of one call through the engine; ``wall_s`` of each result is the time for all of them."""
     t0 = time.perf_counter() if t0 is None else t0
-    turns, lang, speech_s = get_engine(opts).transcribe_ex(audio, language, opts, progress, mono=mono)
-    return ChannelResult(turns=turns, language=lang, audio_s=len(audio) / SAMPLE_RATE,
-                         wall_s=time.perf_counter() - t0, speech_s=round(speech_s, 3))
+    res = get_engine(opts).transcribe_streams(streams, language, opts, progress, mono=mono)
+    wall = time.perf_counter() - t0
+    return [ChannelResult(turns=turns, language=lang, audio_s=len(a) / SAMPLE_RATE, wall_s=wall,
+                          speech_s=round(speech_s, 3)) for a, (turns, lang, speech_s) in zip(streams, res)]
 
 
 def options_from_settings(s, **overrides) -> AsrOptions:
@@ -585,6 +811,7 @@ def options_from_settings(s, **overrides) -> AsrOptions:
     kw = dict(
         engine=s.asr_engine, model=s.asr_model, compute_type=s.asr_compute_type, device=s.asr_device,
         cpu_threads=s.asr_cpu_threads, beam_size=s.asr_beam_size, vad=s.asr_vad, turn_gap_s=s.asr_turn_gap_s,
+        batched=getattr(s, "asr_batched", d.batched), batch_size=getattr(s, "asr_batch_size", d.batch_size),
         initial_prompt=getattr(s, "asr_initial_prompt", "") or None,
         hotwords=getattr(s, "asr_hotwords", "") or None,
         vad_gap_s=getattr(s, "asr_vad_gap_s", d.vad_gap_s),
@@ -594,6 +821,8 @@ def options_from_settings(s, **overrides) -> AsrOptions:
     )
     kw.update({k: v for k, v in overrides.items() if v is not None})
     if kw["engine"] == "openai-whisper" and str(kw["compute_type"]).startswith("int8") \
-            and "compute_type" not in overrides:
+            and overrides.get("compute_type") is None:
         kw["compute_type"] = "float32"  # the int8 default is faster-whisper's; PyTorch on CPU runs float32
+    if kw["device"] == "cuda" and kw["compute_type"] == "int8" and overrides.get("compute_type") is None:
+        kw["compute_type"] = "float16"  # the int8 default is for CPUs; on a GPU float16 is the fast type
     return replace(d, **kw)
