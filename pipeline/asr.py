@@ -578,9 +578,10 @@ class FasterWhisperEngine(BaseEngine):
         out: list[RawSegment] = []
         total = len(audio) / SAMPLE_RATE
         for seg in segments:  # a generator: decoding happens here
-            out.append(RawSegment(seg.start, seg.end, seg.text, seg.avg_logprob, seg.no_speech_prob,
-                                  seg.compression_ratio,
-                                  [WordT(w.start, w.end, w.word, w.probability) for w in seg.words or []]))
+            out.append(RawSegment(float(seg.start), float(seg.end), seg.text, float(seg.avg_logprob),
+                                  float(seg.no_speech_prob), float(seg.compression_ratio),
+                                  [WordT(float(w.start), float(w.end), w.word, float(w.probability))
+                                   for w in seg.words or []]))
             if progress:
                 progress(min(seg.end, total), total)
         return out, info.language
@@ -675,9 +676,9 @@ class FasterWhisperEngine(BaseEngine):
             for j, (c, (seg,)) in enumerate(zip(batch, segs)):
                 t0 = 30.0 * (slot + j)
                 text = tok.decode([t for t in seg["tokens"] if t < tok.eot])
-                raw = RawSegment(seg["start"] - t0, seg["end"] - t0, text, seg["avg_logprob"], seg["no_speech_prob"],
-                                 get_compression_ratio(text) if text.strip() else 0.0,
-                                 [WordT(w["start"] - t0, w["end"] - t0, w["word"], w["probability"])
+                raw = RawSegment(float(seg["start"] - t0), float(seg["end"] - t0), text, float(seg["avg_logprob"]),
+                                 float(seg["no_speech_prob"]), get_compression_ratio(text) if text.strip() else 0.0,
+                                 [WordT(float(w["start"] - t0), float(w["end"] - t0), w["word"], float(w["probability"]))
                                   for w in seg.get("words") or []])
                 raws = [raw]
                 silent = raw.no_speech_prob > opts.no_speech_threshold and raw.avg_logprob < opts.logprob_threshold
