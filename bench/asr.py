@@ -58,8 +58,8 @@ CONFIGS = {
     "batched beam 5 (default)": dict(batched=True, beam_size=5, batch_size=8),
     "batched beam 1": dict(batched=True, beam_size=1, batch_size=8),
     # not run unless asked for (--configs)
-    "batched beam 5, batch 4": dict(batched=True, beam_size=5, batch_size=4),
-    "batched beam 5, batch 16": dict(batched=True, beam_size=5, batch_size=16),
+    "batched beam 5 batch 4": dict(batched=True, beam_size=5, batch_size=4),
+    "batched beam 5 batch 16": dict(batched=True, beam_size=5, batch_size=16),
     "openai-whisper fp32": dict(engine="openai-whisper", compute_type="float32"),
 }
 DEFAULT_RUN = ["sequential beam 5 (before)", "sequential beam 1", "batched beam 5 (default)", "batched beam 1"]
@@ -139,7 +139,9 @@ def options(name: str, threads: int):
     return AsrOptions(cpu_threads=threads, **kw)
 
 
-def run_config(name: str, threads: int, files: list) -> dict:
+def serve_config(name: str, threads: int) -> None:
+    """Child: load the configuration's model, then transcribe the files the parent names on stdin, one at a
+    time, answering each with a JSON line on stdout; at the end, the process's peak RSS."""
     import resource
 
     from pipeline.asr import get_engine, load_engine
@@ -148,8 +150,11 @@ def run_config(name: str, threads: int, files: list) -> dict:
     opts = options(name, threads)
     load_s = load_engine(opts)
     engine = get_engine(opts)
-    out = {"name": name, "load_s": load_s, "files": []}
-    for rel, lang, ref, stereo in files:
+    print(json.dumps({"load_s": load_s}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        rel, lang, ref, stereo = FILES[int(line)]
         chans = decode_channels(AUDIO / rel)
         streams = chans if stereo else chans[:1]
         t0 = time.perf_counter()
@@ -160,12 +165,41 @@ def run_config(name: str, threads: int, files: list) -> dict:
             spk = ("manager", "client")[ch] if stereo else "unknown"  # the ref calls: manager left
             segs += [{"speaker": spk, "start": t.start, "end": t.end, "text": t.text} for t in turns]
         stats = getattr(engine, "last_stats", {}) if opts.batched and opts.engine == "faster-whisper" else {}
-        out["files"].append({"file": rel, "language": lang, "audio_s": sum(len(c) for c in streams) / 16000,
-                             "wall_s": wall, "segments": segs, "fallbacks": stats.get("fallbacks", 0),
-                             "chunks": stats.get("chunks", 0)})
-        print(f"  {name}: {rel} {wall:.1f}s", file=sys.stderr, flush=True)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return out
+        print(json.dumps({"file": rel, "language": lang, "audio_s": sum(len(c) for c in streams) / 16000,
+                          "wall_s": wall, "segments": segs, "fallbacks": stats.get("fallbacks", 0),
+                          "chunks": stats.get("chunks", 0)}, ensure_ascii=False), flush=True)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+
+
+def run_configs(names: list[str], threads: int, files: list, on_result=None) -> list[dict]:
+    """All configurations side by side: one child process each (its own model, its own peak RSS), fed the
+    files in turn, file by file, so that a change in the machine's load falls on every configuration alike
+    (the order of the configurations rotates from file to file)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    kids = [subprocess.Popen([sys.executable, __file__, "--child", n, "--threads", str(threads)], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for n in names]
+    results = []
+    for n, k in zip(names, kids):  # one loading at a time
+        results.append({"name": n, "files": [], **json.loads(k.stdout.readline())})
+    for i, f in enumerate(files):
+        order = list(range(len(names)))
+        order = order[i % len(order):] + order[:i % len(order)]
+        for j in order:
+            kids[j].stdin.write(f"{FILES.index(f)}\n")
+            kids[j].stdin.flush()
+            entry = json.loads(kids[j].stdout.readline())
+            results[j]["files"].append(entry)
+            print(f"  {names[j]}: {f[0]} {entry['wall_s']:.1f}s", file=sys.stderr, flush=True)
+        if on_result:
+            on_result(results)
+    for j, k in enumerate(kids):
+        k.stdin.write("\n")
+        k.stdin.flush()
+        results[j].update(json.loads(k.stdout.readline()))
+        k.wait()
+    for r in results:
+        r["files"].sort(key=lambda e: [x[0] for x in FILES].index(e["file"]))
+    return results
 
 
 # ----------------------------------------------------------------------------- long calls through the CLI
@@ -344,7 +378,7 @@ def main() -> int:
     if args.files:
         files = [f for f in files if any(k in f[0] for k in args.files.split(","))]
     if args.child:
-        print(json.dumps(run_config(args.child, args.threads, files)))
+        serve_config(args.child, args.threads)
         return 0
     if args.table_only:
         data = json.loads(Path(args.out).read_text())
@@ -357,13 +391,9 @@ def main() -> int:
     def save():
         Path(args.out).write_text(json.dumps({"threads": args.threads, "results": results, "long": long_rows},
                                              ensure_ascii=False, indent=1))
-    for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
-        print(f"== {name}", file=sys.stderr, flush=True)
-        p = subprocess.run([sys.executable, __file__, "--child", name, "--threads", str(args.threads),
-                            "--files", args.files],
-                           stdout=subprocess.PIPE, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        results.append(json.loads(p.stdout))
-        save()
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    results = run_configs(names, args.threads, files)
+    save()
     if args.long_minutes:
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:

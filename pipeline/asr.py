@@ -70,7 +70,6 @@ class AsrOptions:
     batched: bool = True            # faster-whisper: decode VAD chunks of up to chunk_s in batches (see _decode_batched)
     batch_size: int = 8             # chunks per batch (each chunk is a 30 s Whisper window); GPU: 16-32
     chunk_s: float = 30.0           # longest chunk (Whisper's window)
-    mono_widen_s: float = 1.0       # batched mono: silence kept around each VAD region (cut tighter, word edges go)
     initial_prompt: Optional[str] = None
     hotwords: Optional[str] = None
     turn_gap_s: float = 0.8
@@ -319,21 +318,27 @@ def compact(audio: np.ndarray, regions: list[tuple[int, int]], gap_s: float) -> 
     return out, TimeMap(pieces)
 
 
-def widen_regions(regions: list[tuple[int, int]], n: int, widen_s: float, max_s: float) -> list[tuple[int, int]]:
-    """Grow each speech region into the silence around it (at most ``widen_s`` a side, half of each gap, and
-    ``max_s`` in all), so that cutting at region edges drops only long silences, never word edges."""
-    w, cap = int(widen_s * SAMPLE_RATE), int(max_s * SAMPLE_RATE)
-    out = []
-    for i, (s, e) in enumerate(regions):
-        left = s - (regions[i - 1][1] + s) // 2 if i else s
-        right = (e + regions[i + 1][0]) // 2 - e if i + 1 < len(regions) else n - e
-        left, right = max(0, min(w, left)), max(0, min(w, right))
-        spare = cap - (e - s)
-        if left + right > spare:  # keep the region within one chunk: share what room there is
-            left = min(left, max(spare // 2, spare - right))
-            right = max(0, min(right, spare - left))
-        out.append((s - left, e + right))
-    return out
+def spans_at_pauses(regions: list[tuple[int, int]], n: int, max_s: float) -> list[tuple[int, int]]:
+    """The whole audio (``n`` samples) in consecutive spans of at most ``max_s``, each cut in a pause between
+    speech regions where there is one (at the pause's middle, or as late as the window allows), so that
+    nothing is dropped: quiet speech the VAD missed is decoded too."""
+    cap = int(max_s * SAMPLE_RATE)
+    pauses = [(e, s) for (_, e), (s, _) in zip(regions, regions[1:])] + [(regions[-1][1], n)] if regions else []
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    while n - pos > cap:
+        end = pos + cap
+        cut = None
+        for a, b in pauses:  # the last pause that starts inside the window
+            if pos < a <= end:
+                cut = min((a + b) // 2, end)
+            elif a > end:
+                break
+        cut = cut if cut and cut > pos else end
+        spans.append((pos, cut))
+        pos = cut
+    spans.append((pos, n))
+    return spans
 
 
 def chunk_regions(regions: list[tuple[int, int]], max_s: float, gap_s: float) -> list[list[tuple[int, int]]]:
@@ -601,9 +606,9 @@ class FasterWhisperEngine(BaseEngine):
         if not regions:
             return []
         if mono and not opts.vad_mono:
-            # a mixed recording: cut only long silences, so no word edge is lost (as the sequential mode,
-            # which decodes the whole file); chunk boundaries fall in pauses
-            regions = widen_regions(regions, len(audio), opts.mono_widen_s, opts.chunk_s)
+            # a mixed recording: decode all of it, as the sequential mode does (the quieter party of a mixed
+            # call is where the VAD misses speech), cut into windows at pauses
+            regions = spans_at_pauses(regions, len(audio), opts.chunk_s)
         return chunk_regions(regions, opts.chunk_s, opts.vad_gap_s)
 
     def _decode_batched(self, streams: list[np.ndarray], language: Optional[str], opts: AsrOptions,
