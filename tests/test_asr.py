@@ -110,15 +110,23 @@ def test_chunks_hold_whole_regions_up_to_one_window():
     assert chunk_regions([], 30.0, 1.0) == []
 
 
-def test_mono_is_decoded_whole_in_windows_cut_at_pauses():
+def test_mono_is_decoded_whole_in_spans_cut_in_the_middle_of_pauses():
     sr = SAMPLE_RATE
-    regions = [(1 * sr, 12 * sr), (14 * sr, 26 * sr), (27 * sr, 45 * sr), (46 * sr, 70 * sr), (80 * sr, 85 * sr)]
+    regions = [(1 * sr, 12 * sr), (14 * sr, 26 * sr), (27 * sr, 45 * sr), (46 * sr, 72 * sr), (80 * sr, 85 * sr)]
     spans = spans_at_pauses(regions, 90 * sr, max_s=30.0)
-    # cut in the middle of the last pause inside each 30 s window; nothing left out
-    assert spans == [(0, 26 * sr + sr // 2), (26 * sr + sr // 2, 45 * sr + sr // 2), (45 * sr + sr // 2, 75 * sr),
-                     (75 * sr, 90 * sr)]
-    assert spans_at_pauses([(0, 100 * sr)], 100 * sr, 30.0)[0] == (0, 30 * sr)  # no pause at all: a hard cut
-    assert spans_at_pauses(regions[:1], 20 * sr, 30.0) == [(0, 20 * sr)]
+    assert spans[:3] == [(0, 13 * sr), (13 * sr, 26 * sr + sr // 2), (26 * sr + sr // 2, 45 * sr + sr // 2)]
+    # 26 s of speech with 0.5 s of pause before and 4 s after is over a window: 0.5 s of silence left out
+    h = sr // 2
+    assert spans[3:] == [(45 * sr + h, 75 * sr + h), (76 * sr, 90 * sr)]
+    # a long pause: its silence is decoded too, in spans of its own
+    assert spans_at_pauses([(0, 29 * sr), (60 * sr, 70 * sr)], 70 * sr, 30.0) == \
+        [(0, 30 * sr), (30 * sr, 44 * sr + h), (44 * sr + h, 70 * sr)]
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])) and spans[0][0] == 0 and spans[-1][1] == 90 * sr
+    assert all(e - s <= 30 * sr for s, e in spans)
+    groups = chunk_regions(spans, 30.0, 1.0)  # packed whole: windows cut only where the spans meet
+    assert [g[0][0] for g in groups] == [0, 26 * sr + h, 45 * sr + h, 76 * sr]
+    assert spans_at_pauses([(0, 100 * sr)], 100 * sr, 30.0)[0] == (0, 30 * sr)  # over a window: cut (VAD avoids it)
+    assert spans_at_pauses([(2 * sr, 5 * sr)], 20 * sr, 30.0) == [(0, 20 * sr)]
 
 
 def test_lenient_vad_retry_when_the_vad_misses_loud_speech(monkeypatch):
