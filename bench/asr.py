@@ -157,18 +157,24 @@ def serve_config(name: str, threads: int) -> None:
         rel, lang, ref, stereo = FILES[int(line)]
         chans = decode_channels(AUDIO / rel)
         streams = chans if stereo else chans[:1]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         results = engine.transcribe_streams(streams, lang, opts, mono=not stereo)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, _cpu() - c0
         segs = []
         for ch, (turns, _lang, _speech) in enumerate(results):
             spk = ("manager", "client")[ch] if stereo else "unknown"  # the ref calls: manager left
             segs += [{"speaker": spk, "start": t.start, "end": t.end, "text": t.text} for t in turns]
         stats = getattr(engine, "last_stats", {}) if opts.batched and opts.engine == "faster-whisper" else {}
         print(json.dumps({"file": rel, "language": lang, "audio_s": sum(len(c) for c in streams) / 16000,
-                          "wall_s": wall, "segments": segs, "fallbacks": stats.get("fallbacks", 0),
+                          "wall_s": wall, "cpu_s": cpu, "segments": segs, "fallbacks": stats.get("fallbacks", 0),
                           "chunks": stats.get("chunks", 0)}, ensure_ascii=False), flush=True)
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+
+
+def _cpu() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def run_configs(names: list[str], threads: int, files: list, on_result=None) -> list[dict]:
@@ -260,7 +266,8 @@ def run_cli(call: dict, name: str, threads: int) -> dict:
            "CALLQA_ASR_BEAM_SIZE": str(kw.get("beam_size", 5)),
            "CALLQA_ASR_BATCH_SIZE": str(kw.get("batch_size", 8))}
     code = ("import resource, sys; from callqa.cli import main; rc = main(sys.argv[1:]); "
-            "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+            "r = resource.getrusage(resource.RUSAGE_SELF); "
+            "print('PEAK_RSS_KB', r.ru_maxrss, 'CPU_S', r.ru_utime + r.ru_stime, file=sys.stderr); sys.exit(rc)")
     cmd = [sys.executable, "-c", code,
            "transcribe", str(call["file"]), "--language", call["language"], "--format", "json", "--no-progress",
            "--threads", str(threads), "--manager-channel", "0" if call["stereo"] else "none"]
@@ -275,7 +282,8 @@ def run_cli(call: dict, name: str, threads: int) -> dict:
     hyp = " ".join(s["text"] for s in sorted(segs, key=lambda s: (s["start"], s["end"])))
     row = {"name": name, "file": Path(call["file"]).name, "audio_s": call["audio_s"], "wall_s": wall,
            "asr_wall_s": data["asr"]["wall_s"], "wer": wer(call["ref_text"], hyp), "cer": cer(call["ref_text"], hyp)}
-    row["peak_rss_mb"] = int(re.findall(rb"PEAK_RSS_KB (\d+)", p.stderr)[-1]) / 1024
+    rss, cpu = re.findall(rb"PEAK_RSS_KB (\d+) CPU_S ([\d.]+)", p.stderr)[-1]
+    row["peak_rss_mb"], row["cpu_s"] = int(rss) / 1024, float(cpu)
     if call["stereo"]:
         a = attribution(call["ref_turns"], segs)
         row["turns"] = f"{a['turns_right']}/{a['turns']}"
@@ -291,7 +299,7 @@ def score(result: dict) -> dict:
         segs = sorted(f["segments"], key=lambda s: (s["start"], s["end"]))
         hyp = " ".join(s["text"] for s in segs)
         row = {"rtf": f["wall_s"] / f["audio_s"], "audio_s": f["audio_s"], "wall_s": f["wall_s"], "language": lang,
-               "hyp": hyp, "ref": bool(ref), "fallbacks": f.get("fallbacks", 0)}
+               "hyp": hyp, "ref": bool(ref), "fallbacks": f.get("fallbacks", 0), "cpu_s": f.get("cpu_s", 0.0)}
         if ref:
             ref_text = reference_text(ref)
             row.update(wer=wer(ref_text, hyp), cer=cer(ref_text, hyp))
@@ -309,14 +317,17 @@ def table(results: list[dict]) -> str:
         return sum(x["audio_s"] for x in rows.values()) / sum(x["wall_s"] for x in rows.values())
 
     lines = []
-    lines += ["| configuration | peak RSS MB | audio s / wall s (× real time) | × sequential beam 5 | "
-              "WER en | WER ru | CER ru | stereo turns right (en, ru) | chunks decoded again |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| configuration | peak RSS MB | audio s / wall s (× real time) | × sequential beam 5 (wall) | "
+              "CPU s (× sequential beam 5) | WER en | WER ru | CER ru | stereo turns right (en, ru) | "
+              "chunks decoded again |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rows = scored[r["name"]]
         audio = sum(x["audio_s"] for x in rows.values())
         wall = sum(x["wall_s"] for x in rows.values())
         ratio = speed(rows) / speed(base) if base else float("nan")
+        cpu = sum(x["cpu_s"] for x in rows.values())
+        cpu_ratio = sum(x["cpu_s"] for x in base.values()) / cpu if base else float("nan")
 
         def mean(lang: str, key: str) -> float:
             # over the files of that language with a text reference (the stereo calls are scored by turns)
@@ -325,7 +336,8 @@ def table(results: list[dict]) -> str:
         att = [rows[f]["attribution"] for f, _, ref, st in FILES if st and ref and f in rows]
         att_s = ", ".join(f"{a['turns_right']}/{a['turns']}" for a in att)
         lines.append(f"| {r['name']} | {r['peak_rss_mb']:.0f} | {audio:.0f} / {wall:.0f} ({audio / wall:.1f}×) | "
-                     f"{ratio:.2f} | {mean('en', 'wer'):.1f} | {mean('ru', 'wer'):.1f} | {mean('ru', 'cer'):.1f} | "
+                     f"{ratio:.2f} | {cpu:.0f} ({cpu_ratio:.2f}) | {mean('en', 'wer'):.1f} | {mean('ru', 'wer'):.1f} | "
+                     f"{mean('ru', 'cer'):.1f} | "
                      f"{att_s} | {sum(x['fallbacks'] for x in rows.values())} |")
     lines += ["", "Per file: WER % (CER % for ru; ≠ = no reference, difference to the sequential beam-5 "
               "transcript) / × real time:", ""]
@@ -353,11 +365,11 @@ def table(results: list[dict]) -> str:
 
 
 def long_table(rows: list[dict]) -> str:
-    lines = ["| call | configuration | audio s | wall s (× real time) | peak RSS MB | WER | CER | turns right |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| call | configuration | audio s | wall s (× real time) | CPU s | peak RSS MB | WER | CER | turns right |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['file']} | {r['name']} | {r['audio_s']:.0f} | {r['wall_s']:.0f} "
-                     f"({r['audio_s'] / r['wall_s']:.1f}×) | {r['peak_rss_mb']:.0f} | {100 * r['wer']:.1f} | "
+                     f"({r['audio_s'] / r['wall_s']:.1f}×) | {r.get('cpu_s', 0):.0f} | {r['peak_rss_mb']:.0f} | {100 * r['wer']:.1f} | "
                      f"{100 * r['cer']:.1f} | {r.get('turns', '–')} |")
     return "\n".join(lines)
 
