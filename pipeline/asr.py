@@ -1,12 +1,13 @@
 """Speech recognition: engines behind one interface, and per-channel turns.
 
-Two engines share one interface (``Engine.transcribe(audio, language, opts)``)
-and one post-processing path, so they differ only in how they decode:
+Two engines share one interface (``Engine.transcribe(audio, language, opts)``, and
+``transcribe_streams`` for the channels of one call) and one post-processing path,
+so they differ only in how they decode:
 
-- ``faster-whisper`` (CTranslate2; the default, int8 on CPU) and
+- ``faster-whisper`` (CTranslate2; the default, int8 on CPU), batched by default, and
 - ``openai-whisper`` (PyTorch; the ``[openai]`` install extra, a ``.pt`` checkpoint).
 
-What both get, in this order (``BaseEngine.transcribe``):
+What both get, in this order (``BaseEngine.transcribe_streams``):
 
 1. **VAD with the pauses kept.** Silero VAD (the ONNX copy inside faster-whisper,
    no torch) finds the speech; the silence between speech regions is shortened to
@@ -16,8 +17,14 @@ What both get, in this order (``BaseEngine.transcribe``):
    setup take? | That works") into one garbled sentence. Zeroed gaps also remove
    the far-end echo on the quiet channel. If the VAD keeps too little of the
    channel's loud frames (steep telephone band-pass filters drop Silero's speech
-   probability to ~0.3) it is run again with a lower threshold.
-2. **Decoding** with ``condition_on_previous_text=False`` and word timestamps.
+   probability to ~0.3) it is run again with a lower threshold. A mono recording
+   is not cut (``vad_mono``): there the VAD only says whether there is speech, and
+   where the pauses are.
+2. **Decoding** with ``condition_on_previous_text=False`` and word timestamps:
+   *batched* (faster-whisper, ``batched=True``, the default): the speech is packed
+   into windows of up to 30 s, cut only between VAD regions, and the windows of all
+   channels of a call are decoded ``batch_size`` at a time (``_decode_batched``);
+   *sequential*: Whisper's own sliding 30 s window over each channel in turn.
 3. **Hallucination guards**: Whisper's no-speech rule (``no_speech_prob`` over
    the threshold with a low ``avg_logprob``), a compression-ratio cap, a list of
    the phrases Whisper invents on silence and music when the segment is unsure,
@@ -82,7 +89,7 @@ class AsrOptions:
     allow_download: bool = False    # let a bare model name reach the hub (never in tests)
 
     def model_key(self) -> tuple:
-        return (self.engine, self.model, self.compute_type, self.device, self.cpu_threads)
+        return (self.engine, self.model, self.compute_type, self.device, self.cpu_threads, self.batched)
 
 
 @dataclass
@@ -578,9 +585,14 @@ class FasterWhisperEngine(BaseEngine):
         from faster_whisper import WhisperModel
 
         self.model_dir = resolve_model(opts.model, opts.allow_download)
+        # Batched on the CPU: one CTranslate2 worker per thread, each decoding its own batch on one core.
+        # Measured on 2 cores (festvox_ru_real_8k): 2 workers x 1 thread 18-19x real time, 1 worker x 2 threads
+        # 11-13x (and more CPU seconds: intra-op threads scale poorly on Whisper base's small matrices).
+        self.workers = max(1, opts.cpu_threads) if opts.batched and opts.device == "cpu" else 1
         try:
             self.model = WhisperModel(str(self.model_dir), device=opts.device, compute_type=opts.compute_type,
-                                      cpu_threads=opts.cpu_threads)
+                                      cpu_threads=1 if self.workers > 1 else opts.cpu_threads,
+                                      num_workers=self.workers)
         except ValueError as e:  # e.g. float16 on a CPU without support
             raise AsrError(f"faster-whisper cannot load {self.model_dir} as {opts.compute_type} on {opts.device}: {e}") from None
 
@@ -625,96 +637,129 @@ class FasterWhisperEngine(BaseEngine):
 
     def _decode_batched(self, streams: list[np.ndarray], language: Optional[str], opts: AsrOptions,
                         progress: Optional[Progress], mono: bool) -> list[tuple[list[Turn], Optional[str], float]]:
-        """faster-whisper's batched inference (``BatchedInferencePipeline``), driven chunk by chunk.
+        """faster-whisper's batched inference (as ``BatchedInferencePipeline``), driven chunk by chunk.
 
-        Each stream is cut by the product's VAD (the lenient retry included: faster-whisper's own VAD
-        misses speech on telephone-band audio) into chunks of up to ``chunk_s`` of speech with the pauses
-        kept short (``compact``); the chunks of all streams, in time order, are decoded ``batch_size`` at a
-        time, without timestamps tokens, with word timestamps from the cross-attention alignment. Features
-        exist for one batch at a time, so memory does not grow with the length of the call. A chunk whose
-        decode fails Whisper's own checks (compression ratio, log-prob) is decoded again sequentially with
-        the temperature fallback, as the sequential mode would. The language, when not given, is detected
-        once per call from the first batch (all streams of a call speak one language)."""
-        from faster_whisper.audio import pad_or_trim
+        Each stream is cut by the product's VAD (the lenient retry included: faster-whisper's own VAD, with
+        its default threshold, misses speech on telephone-band audio: festvox_ru_real_8k CER 9.8 % against
+        3.8 % with a lenient VAD) into chunks of up to ``chunk_s``: a stereo channel's speech regions with
+        the pauses between them shortened (``compact``), a mono recording whole (``spans_at_pauses``). The
+        chunks of all streams, in time order, are decoded ``batch_size`` at a time without timestamp tokens
+        (with them, one pass per window stops at the last full segment and drops the rest: CER 2.8 -> 11 %),
+        with word timestamps from the cross-attention alignment. On the CPU each CTranslate2 worker (one per
+        thread) decodes a batch of its own; ``batch_size`` counts the chunks in flight over all of them, and
+        chunks are cut and their features computed only when their batch is due, so memory does not grow
+        with the length of the call. A chunk whose decode fails Whisper's own checks (compression ratio,
+        log-prob) is decoded again sequentially with the temperature fallback, as the sequential mode would.
+        The language, when not given, is detected once per call from the first batch (all streams of a call
+        speak one language)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from faster_whisper.tokenizer import Tokenizer
-        from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
         model = self.model
         streams = [np.ascontiguousarray(a, dtype=np.float32) for a in streams]
         plans = [self.plan_chunks(a, opts, mono) for a in streams]
-        speech = [sum(e - s for g in p for s, e in g) / SAMPLE_RATE for p in plans]
         items: list[list[tuple[WordT, float]]] = [[] for _ in streams]
         seen = [0.0] * len(streams)
         total_audio = sum(len(a) for a in streams) / SAMPLE_RATE
-        total_speech, done = sum(speech), 0.0
+        total_speech = sum(e - s for p in plans for g in p for s, e in g) / SAMPLE_RATE
+        done = 0.0
         self.last_stats = {"chunks": 0, "fallbacks": 0}
 
         def chunks():
             order = heapq.merge(*[[(g[0][0], i, k) for k, g in enumerate(p)] for i, p in enumerate(plans)])
-            for _, i, k in order:  # compacted lazily: only the batch being decoded exists as audio and features
+            for _, i, k in order:  # compacted lazily: only the batches being decoded exist as audio and features
                 audio, tmap = compact(streams[i], plans[i][k], opts.vad_gap_s)
                 yield Chunk(i, audio, tmap, sum(e - s for s, e in plans[i][k]) / SAMPLE_RATE)
 
-        lang = language if model.model.is_multilingual else "en"
-        tokenizers: dict[str, Tokenizer] = {}
-        slot = 0  # each chunk gets its own 30 s slot on a virtual timeline (faster-whisper's word timing carries
-        last_speech = 0.0  # the previous segment's end from chunk to chunk, as across windows when sequential)
+        # batch_size chunks in flight in all, split among the workers (so memory does not grow with them),
+        # and a short call's few chunks shared out so that every worker has some
+        n_chunks = sum(len(p) for p in plans)
+        per = max(1, min(opts.batch_size // self.workers, -(-n_chunks // self.workers)))
         it = chunks()
-        while True:
-            batch = [c for _, c in zip(range(opts.batch_size), it)]
-            if not batch:
-                break
-            feats = np.stack([pad_or_trim(model.feature_extractor(c.audio)[..., :-1]) for c in batch])
-            enc = model.encode(feats)
-            if lang is None:
-                lang = self._detect_language(enc, [max(c.speech_s, 0.1) for c in batch])
-            tok = tokenizers.get(lang)
-            if tok is None:
-                tok = tokenizers[lang] = Tokenizer(model.hf_tokenizer, model.model.is_multilingual,
-                                                   task="transcribe", language=lang)
-            prompt = model.get_prompt(tok, tok.encode(" " + opts.initial_prompt.strip()) if opts.initial_prompt else [],
-                                      without_timestamps=True, hotwords=opts.hotwords)
-            res = model.model.generate(
-                enc, [list(prompt) for _ in batch], beam_size=opts.beam_size, patience=1.0, length_penalty=1.0,
-                max_length=model.max_length, suppress_blank=True, suppress_tokens=get_suppressed_tokens(tok, [-1]),
-                return_scores=True, return_no_speech_prob=True, sampling_temperature=0.0)
-            segs, sizes = [], []
-            for j, (c, r) in enumerate(zip(batch, res)):
-                tokens = r.sequences_ids[0]
-                dur = len(c.audio) / SAMPLE_RATE
-                t0 = 30.0 * (slot + j)
-                segs.append([dict(tokens=tokens, start=t0, end=t0 + dur, seek=int(round(t0 * model.frames_per_second)),
-                                  avg_logprob=r.scores[0] * len(tokens) / (len(tokens) + 1),
-                                  no_speech_prob=r.no_speech_prob)])
-                sizes.append(int(np.ceil(dur) * model.frames_per_second))
-            last_speech = model.add_word_timestamps(segs, tok, enc, sizes, "\"'“¿([{-",
-                                                    "\"'.。,，!！?？:：”)]}、", last_speech) or last_speech
-            del enc, feats
-            for j, (c, (seg,)) in enumerate(zip(batch, segs)):
-                t0 = 30.0 * (slot + j)
-                text = tok.decode([t for t in seg["tokens"] if t < tok.eot])
-                raw = RawSegment(float(seg["start"] - t0), float(seg["end"] - t0), text, float(seg["avg_logprob"]),
-                                 float(seg["no_speech_prob"]), get_compression_ratio(text) if text.strip() else 0.0,
-                                 [WordT(float(w["start"] - t0), float(w["end"] - t0), w["word"], float(w["probability"]))
-                                  for w in seg.get("words") or []])
-                raws = [raw]
-                silent = raw.no_speech_prob > opts.no_speech_threshold and raw.avg_logprob < opts.logprob_threshold
-                if not silent and (raw.compression_ratio > opts.compression_ratio_threshold
-                                   or raw.avg_logprob < opts.logprob_threshold):
-                    self.last_stats["fallbacks"] += 1
-                    raws, _ = self.decode(c.audio, lang, opts)  # sequential, with the temperature fallback
+        batches = iter(lambda: [c for _, c in zip(range(per), it)], [])
+        lang = language if model.model.is_multilingual else "en"
+        tok = None if lang is None else Tokenizer(model.hf_tokenizer, model.model.is_multilingual,
+                                                  task="transcribe", language=lang)
+
+        def collect(batch: list[Chunk], decoded: list[tuple[list[RawSegment], bool]]) -> None:
+            nonlocal done
+            for c, (raws, again) in zip(batch, decoded):
                 items[c.stream] += kept_words(raws, opts, c.tmap)
                 seen[c.stream] += len(c.audio) / SAMPLE_RATE
                 done += c.speech_s
-            slot += len(batch)
+                self.last_stats["fallbacks"] += again
             self.last_stats["chunks"] += len(batch)
             if progress and total_speech:
                 progress(total_audio * done / total_speech, total_audio)
+
+        if tok is None and (first := next(batches, None)) is not None:
+            enc = self._encode(first)  # one language for the call, detected from its first batch
+            lang = self._detect_language(enc, [max(c.speech_s, 0.1) for c in first])
+            tok = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=lang)
+            collect(first, self._decode_batch(first, enc, tok, opts))
+            del enc
+        if tok is not None:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="asr-batch") as pool:
+                pending: list = []
+                for batch in batches:
+                    pending.append((batch, pool.submit(lambda b: self._decode_batch(b, self._encode(b), tok, opts),
+                                                       batch)))
+                    if len(pending) >= self.workers:  # at most one batch per worker in flight
+                        b, f = pending.pop(0)
+                        collect(b, f.result())
+                for b, f in pending:
+                    collect(b, f.result())
         out = []
         for i, its in enumerate(items):
             its.sort(key=lambda x: x[0].start)
             out.append((group_turns(its, opts.turn_gap_s, opts.sentence_gap_s), lang if plans[i] else None,
                         seen[i]))
+        return out
+
+    def _encode(self, batch: list[Chunk]):
+        from faster_whisper.audio import pad_or_trim
+
+        fe = self.model.feature_extractor
+        return self.model.encode(np.stack([pad_or_trim(fe(c.audio)[..., :-1]) for c in batch]))
+
+    def _decode_batch(self, batch: list[Chunk], enc, tok, opts: AsrOptions) -> list[tuple[list[RawSegment], bool]]:
+        """One batch: beam search without timestamp tokens, word timestamps by alignment; per chunk its
+        segments (chunk time) and whether it had to be decoded again."""
+        from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+
+        model = self.model
+        prompt = model.get_prompt(tok, tok.encode(" " + opts.initial_prompt.strip()) if opts.initial_prompt else [],
+                                  without_timestamps=True, hotwords=opts.hotwords)
+        res = model.model.generate(
+            enc, [list(prompt) for _ in batch], beam_size=opts.beam_size, patience=1.0, length_penalty=1.0,
+            max_length=model.max_length, suppress_blank=True, suppress_tokens=get_suppressed_tokens(tok, [-1]),
+            return_scores=True, return_no_speech_prob=True, sampling_temperature=0.0)
+        # each chunk gets its own 30 s slot on a virtual timeline, as windows have when sequential
+        segs, sizes = [], []
+        for j, (c, r) in enumerate(zip(batch, res)):
+            tokens = r.sequences_ids[0]
+            dur = len(c.audio) / SAMPLE_RATE
+            segs.append([dict(tokens=tokens, start=30.0 * j, end=30.0 * j + dur,
+                              seek=int(round(30.0 * j * model.frames_per_second)),
+                              avg_logprob=r.scores[0] * len(tokens) / (len(tokens) + 1),
+                              no_speech_prob=r.no_speech_prob)])
+            sizes.append(int(np.ceil(dur) * model.frames_per_second))
+        model.add_word_timestamps(segs, tok, enc, sizes, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、", 0.0)
+        out = []
+        for j, (c, (seg,)) in enumerate(zip(batch, segs)):
+            t0 = 30.0 * j
+            text = tok.decode([t for t in seg["tokens"] if t < tok.eot])
+            raw = RawSegment(float(seg["start"] - t0), float(seg["end"] - t0), text, float(seg["avg_logprob"]),
+                             float(seg["no_speech_prob"]), get_compression_ratio(text) if text.strip() else 0.0,
+                             [WordT(float(w["start"] - t0), float(w["end"] - t0), w["word"], float(w["probability"]))
+                              for w in seg.get("words") or []])
+            silent = raw.no_speech_prob > opts.no_speech_threshold and raw.avg_logprob < opts.logprob_threshold
+            if not silent and (raw.compression_ratio > opts.compression_ratio_threshold
+                               or raw.avg_logprob < opts.logprob_threshold):
+                out.append((self.decode(c.audio, tok.language_code, opts)[0], True))  # with the temperature fallback
+            else:
+                out.append(([raw], False))
         return out
 
     def _detect_language(self, enc, weights: list[float]) -> str:

@@ -229,33 +229,36 @@ def test_batched_chunk_that_fails_whisper_checks_is_decoded_again(shared_dir):
     audio = decode_channels(shared_dir / "audio" / "real" / "jfk_16k.wav")[0]
     engine = asr.get_engine(FW)
     [(turns, lang, _)] = engine.transcribe_streams([audio], None, replace(FW, logprob_threshold=-0.001), mono=True)
-    assert engine.last_stats == {"chunks": 1, "fallbacks": 1} and lang == "en"
+    assert engine.last_stats == {"chunks": 1, "fallbacks": 1} and lang == "en"  # detected from the first batch
     assert bench.wer((shared_dir / "audio" / "real" / "jfk.txt").read_text(), " ".join(t.text for t in turns)) <= 0.05
     assert all(t.words for t in turns)
 
 
 @pytest.mark.slow
-def test_batched_decoding_holds_one_batch_at_a_time(shared_dir, monkeypatch):
+def test_batched_decoding_holds_only_the_batches_in_flight(shared_dir, monkeypatch):
     """Chunks are cut and their features computed batch by batch, so a long call never holds all of them."""
     audio = decode_channels(shared_dir / "audio" / "real" / "festvox_ru_real_8k.wav")[0]
     long = np.tile(audio, 3)  # ~7 minutes, ~20 chunks
     engine = asr.get_engine(FW)
-    made, batches = [], []
-
-    class Enough(Exception):
-        pass
+    made, encoded = [], []
     real_compact, real_encode = asr.compact, engine.model.encode
     monkeypatch.setattr(asr, "compact", lambda *a: made.append(1) or real_compact(*a))
 
+    class Enough(Exception):
+        pass
+
     def encode(features):
-        batches.append((len(features), len(made)))
-        if len(batches) == 2:
+        encoded.append((len(features), len(made)))
+        if len(encoded) == 3:
             raise Enough  # seen enough; skip decoding the rest
         return real_encode(features)
     monkeypatch.setattr(engine.model, "encode", encode)
     with pytest.raises(Enough):
         engine.transcribe_streams([long], "ru", replace(FW, batch_size=4), mono=True)
-    assert batches == [(4, 4), (4, 8)]  # features for 4 chunks at a time; chunks cut only when their batch comes
+    per = 4 // engine.workers  # batch_size counts the chunks in flight over all workers
+    assert engine.workers == FW.cpu_threads and all(n == per for n, _ in encoded)
+    # when the k-th batch is encoded, at most the batches of the workers ahead of it have been cut
+    assert all(m <= per * (k + engine.workers) for k, (_, m) in enumerate(encoded, 1)), encoded
 
 
 # ----------------------------------------------------------------------------- both engines, one interface
