@@ -39,7 +39,7 @@ class Settings:
     asr_batched: bool = setting(
         "CALLQA_ASR_BATCHED", True, "faster-whisper: decode VAD chunks in batches (off: sequential decoding)")
     asr_batch_size: int = setting(
-        "CALLQA_ASR_BATCH_SIZE", 8, "30 s chunks per batch (batched mode); on a GPU 16-32")
+        "CALLQA_ASR_BATCH_SIZE", 4, "30 s chunks decoded at once (batched mode, over all CPU threads); GPU 16-32")
     asr_vad: bool = setting("CALLQA_ASR_VAD", True, "voice activity filter (stops echo/silence hallucinations)")
     asr_workers: int = setting("CALLQA_ASR_WORKERS", 2, "transcription processes (one model each)")
     asr_cpu_threads: int = setting("CALLQA_ASR_CPU_THREADS", 1, "CPU threads per transcription process "

@@ -75,7 +75,7 @@ class AsrOptions:
     vad: bool = True
     vad_mono: bool = False          # mono files: VAD only decides whether there is speech; the whole file is decoded
     batched: bool = True            # faster-whisper: decode VAD chunks of up to chunk_s in batches (see _decode_batched)
-    batch_size: int = 8             # chunks per batch (each chunk is a 30 s Whisper window); GPU: 16-32
+    batch_size: int = 4             # chunks (30 s windows) decoded at once, over all CPU threads; GPU: 16-32
     chunk_s: float = 30.0           # longest chunk (Whisper's window)
     initial_prompt: Optional[str] = None
     hotwords: Optional[str] = None

@@ -165,7 +165,7 @@ def test_options_from_settings():
     o = options_from_settings(s)
     assert (o.engine, o.compute_type, o.vad, o.hotwords, o.initial_prompt) == \
         ("faster-whisper", "int8", True, "Brightline, Технопарк", "Sales call.")
-    assert (o.batched, o.batch_size, o.beam_size) == (True, 8, 5)
+    assert (o.batched, o.batch_size, o.beam_size) == (True, 4, 5)
     o = options_from_settings(s, engine="openai-whisper")
     assert o.compute_type == "float32"  # int8 is faster-whisper's default, not PyTorch's
     o = options_from_settings(s, engine="openai-whisper", compute_type=None)  # the CLI passes None when not set
