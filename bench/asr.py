@@ -405,8 +405,9 @@ def main() -> int:
         Path(args.out).write_text(json.dumps({"threads": args.threads, "results": results, "long": long_rows},
                                              ensure_ascii=False, indent=1))
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
-    results = run_configs(names, args.threads, files)
-    save()
+    if names:
+        results = run_configs(names, args.threads, files)
+        save()
     if args.long_minutes:
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
@@ -416,7 +417,8 @@ def main() -> int:
                     print(f"== long: {call['file'].name} {name}", file=sys.stderr, flush=True)
                     long_rows.append(run_cli(call, name, args.threads))
                     save()
-    print(table(results))
+    if results:
+        print(table(results))
     if long_rows:
         print("\n" + long_table(long_rows))
     return 0
