@@ -266,9 +266,11 @@ def run_cli(call: dict, name: str, threads: int) -> dict:
            "CALLQA_ASR_BATCHED": "1" if kw.get("batched") else "0",
            "CALLQA_ASR_BEAM_SIZE": str(kw.get("beam_size", 5)),
            "CALLQA_ASR_BATCH_SIZE": str(kw.get("batch_size", 4))}
-    code = ("import resource, sys; from callqa.cli import main; rc = main(sys.argv[1:]); "
+    # peak RSS from VmHWM: ru_maxrss survives fork and exec, so it would start at this (large) process's size
+    code = ("import re, resource, sys; from callqa.cli import main; rc = main(sys.argv[1:]); "
             "r = resource.getrusage(resource.RUSAGE_SELF); "
-            "print('PEAK_RSS_KB', r.ru_maxrss, 'CPU_S', r.ru_utime + r.ru_stime, file=sys.stderr); sys.exit(rc)")
+            "hwm = re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1); "
+            "print('PEAK_RSS_KB', hwm, 'CPU_S', r.ru_utime + r.ru_stime, file=sys.stderr); sys.exit(rc)")
     cmd = [sys.executable, "-c", code,
            "transcribe", str(call["file"]), "--language", call["language"], "--format", "json", "--no-progress",
            "--threads", str(threads), "--manager-channel", "0" if call["stereo"] else "none"]

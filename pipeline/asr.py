@@ -272,7 +272,10 @@ def _loud_frames(audio: np.ndarray, frame: int = 480) -> np.ndarray:
     if n == 0:
         return np.zeros(0, bool)
     fr = audio[: n * frame].reshape(n, frame)
-    db = 20 * np.log10(np.sqrt((fr.astype(np.float64) ** 2).mean(1)) + 1e-9)
+    db = np.empty(n)
+    for i in range(0, n, 2000):  # in blocks: a float64 copy of an hour-long channel would be ~0.5 GB
+        block = fr[i:i + 2000].astype(np.float64)
+        db[i:i + 2000] = 20 * np.log10(np.sqrt((block * block).mean(1)) + 1e-9)
     return db > max(np.percentile(db, 99) - 30, -50)
 
 
