@@ -375,9 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--beam-size", type=int, help="default CALLQA_ASR_BEAM_SIZE (5)")
     tr.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None,
                     help="faster-whisper batched decoding (default CALLQA_ASR_BATCHED: on); --no-batched: sequential")
-    tr.add_argument("--batch-size", type=int, help="30 s chunks decoded at once (default CALLQA_ASR_BATCH_SIZE: 4; GPU 16-32)")
-    tr.add_argument("--device", choices=["cpu", "cuda"], help="default CALLQA_ASR_DEVICE (cpu); cuda wants "
-                    "--compute-type float16")
+    tr.add_argument("--batch-size", type=int,
+                    help="30 s chunks decoded at once (default CALLQA_ASR_BATCH_SIZE: 4; GPU 16-32)")
+    tr.add_argument("--device", choices=["cpu", "cuda"],
+                    help="default CALLQA_ASR_DEVICE (cpu); on cuda float16 unless --compute-type says otherwise")
     tr.add_argument("--vad", action=argparse.BooleanOptionalAction, default=None, help="voice activity filter")
     tr.add_argument("--prompt", help="initial prompt (default CALLQA_ASR_INITIAL_PROMPT)")
     tr.add_argument("--hotwords", help="product/company names (default CALLQA_ASR_HOTWORDS)")

@@ -57,10 +57,9 @@ class CallTranscriber:
     """Fetches a call and transcribes its channels in a process pool, off the event loop.
 
     One Whisper model per worker process, loaded on first use and kept. On the CPU the channels of one call
-    run in parallel as one job each (each channel's chunks batched on their own): measured on 2 cores, two
-    processes of one thread each were as fast or faster than one process of two threads decoding both
-    channels in shared batches (bench/README.md). On a GPU (``CALLQA_ASR_DEVICE=cuda``) one job takes the
-    whole call, so both channels' chunks fill the same batches on the one device.
+    run in parallel as one job each (each channel's chunks batched on their own), so one call uses the
+    pool's one-thread processes side by side. On a GPU (``CALLQA_ASR_DEVICE=cuda``) one job takes the whole
+    call, so both channels' chunks fill the same batches on the one device.
     """
 
     def __init__(self, settings):
