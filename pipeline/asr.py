@@ -76,7 +76,7 @@ class AsrOptions:
     vad_mono: bool = False          # mono files: VAD only decides whether there is speech; the whole file is decoded
     batched: bool = True            # faster-whisper: decode VAD chunks of up to chunk_s in batches (see _decode_batched)
     batch_size: int = 4             # chunks (30 s windows) decoded at once, over all CPU threads; GPU: 16-32
-    chunk_s: float = 30.0           # longest chunk (Whisper's window)
+    chunk_s: float = 30.0           # longest chunk: Whisper's window (no more than 30)
     initial_prompt: Optional[str] = None
     hotwords: Optional[str] = None
     turn_gap_s: float = 0.8
@@ -138,6 +138,13 @@ class Engine(Protocol):
 
     def transcribe(self, audio: np.ndarray, language: Optional[str], opts: AsrOptions,
                    progress: Optional[Progress] = None) -> tuple[list[Turn], Optional[str]]:
+        ...
+
+    def transcribe_streams(self, streams: list[np.ndarray], language: Optional[str], opts: AsrOptions,
+                           progress: Optional[Progress] = None, mono: bool = False
+                           ) -> list[tuple[list[Turn], Optional[str], float]]:
+        """All streams of one call at once: per stream its turns (with word timestamps), language, and the
+        seconds of audio the decoder saw."""
         ...
 
 
