@@ -458,16 +458,20 @@ def cmd_transcribe(args, s: Settings) -> int:
     import time as _time
 
     from models.events import CallRecorded
-    from pipeline.asr import AsrError, options_from_settings, transcribe_array
+    from pipeline.asr import AsrError, options_from_settings, transcribe_arrays
     from pipeline.audio import AudioError, NoSpeechError, decode_channels, probe
     from pipeline.transcribe import merge, plan_channels
 
     src = Path(args.file).resolve()
     if not src.is_file():
         return _err(f"no such file: {src}")
+    threads = args.threads
+    if threads is None and "CALLQA_ASR_CPU_THREADS" not in os.environ:
+        threads = os.cpu_count() or 1  # one process here (the worker splits the cores among its processes)
     opts = options_from_settings(
         s, engine=args.engine, model=args.model, compute_type=args.compute_type, beam_size=args.beam_size,
-        vad=args.vad, initial_prompt=args.prompt, hotwords=args.hotwords, cpu_threads=args.threads)
+        vad=args.vad, initial_prompt=args.prompt, hotwords=args.hotwords, cpu_threads=threads,
+        batched=args.batched, batch_size=args.batch_size, device=args.device)
     t0 = _time.perf_counter()
     bar = None
     try:
@@ -477,22 +481,17 @@ def cmd_transcribe(args, s: Settings) -> int:
                           channels={"layout": "mono" if mc is None else "stereo", "manager_channel": mc})
         channels = decode_channels(src, s.asr_max_audio_s)
         jobs = plan_channels(ev, info)
-        total = sum(len(channels[j.channel or 0]) for j in jobs) / 16000
+        streams = [channels[j.channel if j.channel is not None and len(channels) > 1 else 0] for j in jobs]
+        del channels
+        total = sum(len(a) for a in streams) / 16000
         if not args.no_progress and total >= 60:
             bar = _progress_bar(total, src.name)
-        results = []
-        for j in jobs:
-            base = bar.n if bar else 0.0
 
-            def progress(done, _total, base=base):
-                if bar:
-                    bar.update(round(base + done - bar.n, 1))
-            r = transcribe_array(channels[j.channel if j.channel is not None and len(channels) > 1 else 0],
-                                 None if args.language == "auto" else args.language, opts, progress,
-                                 mono=j.channel is None)
-            results.append(r)
+        def progress(done, _total):
             if bar:
-                bar.update(round(base + r.audio_s - bar.n, 1))
+                bar.update(round(done - bar.n, 1))
+        results = transcribe_arrays(streams, None if args.language == "auto" else args.language, opts, progress,
+                                    mono=len(jobs) == 1 and jobs[0].channel is None)
         out = merge(ev, jobs, results, opts, _time.perf_counter() - t0)
         if not out.segments:
             raise NoSpeechError(f"no speech found in {src.name}: silence, music or a dead line")
@@ -650,11 +649,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--manager-channel", choices=["0", "1", "none"], default=None,
                     help="stereo channel of the manager (default 0); none = transcribe as mono (speaker unknown)")
     tr.add_argument("--compute-type", choices=["int8", "float32", "float16", "int8_float32"])
-    tr.add_argument("--beam-size", type=int)
+    tr.add_argument("--beam-size", type=int, help="default CALLQA_ASR_BEAM_SIZE (5)")
+    tr.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None,
+                    help="faster-whisper batched decoding (default CALLQA_ASR_BATCHED: on); --no-batched: sequential")
+    tr.add_argument("--batch-size", type=int,
+                    help="30 s chunks decoded at once (default CALLQA_ASR_BATCH_SIZE: 4; GPU 16-32)")
+    tr.add_argument("--device", choices=["cpu", "cuda"],
+                    help="default CALLQA_ASR_DEVICE (cpu); on cuda float16 unless --compute-type says otherwise")
     tr.add_argument("--vad", action=argparse.BooleanOptionalAction, default=None, help="voice activity filter")
     tr.add_argument("--prompt", help="initial prompt (default CALLQA_ASR_INITIAL_PROMPT)")
     tr.add_argument("--hotwords", help="product/company names (default CALLQA_ASR_HOTWORDS)")
-    tr.add_argument("--threads", type=int, help="CPU threads (default CALLQA_ASR_CPU_THREADS)")
+    tr.add_argument("--threads", type=int, help="CPU threads (default CALLQA_ASR_CPU_THREADS, else all cores)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.add_argument("--format", choices=["text", "json", "srt"], default="text")
     tr.set_defaults(fn=cmd_transcribe)

@@ -39,10 +39,15 @@ class Settings:
     asr_model: str = setting("CALLQA_ASR_MODEL", "base", "model name or directory")
     asr_compute_type: str = setting("CALLQA_ASR_COMPUTE_TYPE", "int8", "int8 | float32 | float16 (GPU)")
     asr_device: str = setting("CALLQA_ASR_DEVICE", "cpu", "cpu | cuda")
-    asr_beam_size: int = setting("CALLQA_ASR_BEAM_SIZE", 5, "beam size")
+    asr_beam_size: int = setting("CALLQA_ASR_BEAM_SIZE", 5, "beam size (1 = greedy: faster, less accurate)")
+    asr_batched: bool = setting(
+        "CALLQA_ASR_BATCHED", True, "faster-whisper: decode VAD chunks in batches (off: sequential decoding)")
+    asr_batch_size: int = setting(
+        "CALLQA_ASR_BATCH_SIZE", 4, "30 s chunks decoded at once (batched mode, over all CPU threads); GPU 16-32")
     asr_vad: bool = setting("CALLQA_ASR_VAD", True, "voice activity filter (stops echo/silence hallucinations)")
     asr_workers: int = setting("CALLQA_ASR_WORKERS", 2, "transcription processes (one model each)")
-    asr_cpu_threads: int = setting("CALLQA_ASR_CPU_THREADS", 1, "CPU threads per transcription process")
+    asr_cpu_threads: int = setting("CALLQA_ASR_CPU_THREADS", 1, "CPU threads per transcription process "
+                                   "(`callqa transcribe`, one process: all cores unless set)")
     asr_max_audio_s: float = setting("CALLQA_ASR_MAX_AUDIO_S", 4 * 3600.0, "longer recordings are refused")
     asr_call_timeout_s: float = setting("CALLQA_ASR_CALL_TIMEOUT_S", 900.0, "per-call transcription limit")
     asr_turn_gap_s: float = setting("CALLQA_ASR_TURN_GAP_S", 0.8, "pause that starts a new turn")

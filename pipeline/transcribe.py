@@ -56,8 +56,10 @@ def merge(ev: CallRecorded, jobs: list[ChannelJob], results: list[ChannelResult]
 class CallTranscriber:
     """Fetches a call and transcribes its channels in a process pool, off the event loop.
 
-    One Whisper model per worker process, loaded on first use and kept; the
-    channels of one call run in parallel when the pool has room.
+    One Whisper model per worker process, loaded on first use and kept. On the CPU the channels of one call
+    run in parallel as one job each (each channel's chunks batched on their own), so one call uses the
+    pool's one-thread processes side by side. On a GPU (``CALLQA_ASR_DEVICE=cuda``) one job takes the whole
+    call, so both channels' chunks fill the same batches on the one device.
     """
 
     def __init__(self, settings):
@@ -80,7 +82,7 @@ class CallTranscriber:
         import asyncio
         import time
 
-        from pipeline.asr import transcribe_channel
+        from pipeline.asr import transcribe_call, transcribe_channel
         from pipeline.audio import TooLongError, probe
         from pipeline.fetch import fetch
 
@@ -95,13 +97,19 @@ class CallTranscriber:
         language = ev.language if ev.language != "auto" else None
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        futures = [loop.run_in_executor(self.pool, transcribe_channel, str(path), j.channel, language, self.opts,
-                                        s.asr_max_audio_s) for j in jobs]
+        if self.opts.device == "cpu" or len(jobs) == 1:
+            futures = [loop.run_in_executor(self.pool, transcribe_channel, str(path), j.channel, language, self.opts,
+                                            s.asr_max_audio_s) for j in jobs]
+        else:
+            futures = [loop.run_in_executor(self.pool, transcribe_call, str(path), [j.channel for j in jobs],
+                                            language, self.opts, s.asr_max_audio_s)]
         from concurrent.futures.process import BrokenProcessPool
 
         from pipeline.asr import AsrError
         try:
             results = await asyncio.wait_for(asyncio.gather(*futures), timeout=s.asr_call_timeout_s)
+            if len(futures) < len(jobs):
+                results = results[0]
         except BrokenProcessPool as e:
             self._kill_pool()  # a worker died (out of memory, killed): start a fresh pool for the next call
             raise AsrError(f"a transcription worker died ({e}); the call can be retried") from None

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from pipeline import asr
-from pipeline.asr import (AsrError, AsrOptions, ModelNotFound, RawSegment, TimeMap, WordT, collapse_loops, compact,
-                          group_turns, is_hallucination, options_from_settings, transcribe_array, transcribe_channel)
+from pipeline.asr import (AsrError, AsrOptions, ModelNotFound, RawSegment, TimeMap, WordT, chunk_regions,
+                          collapse_loops, compact, group_turns, is_hallucination, options_from_settings,
+                          spans_at_pauses, transcribe_array, transcribe_call, transcribe_channel)
 from pipeline.audio import SAMPLE_RATE, decode_channels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +23,8 @@ _spec = importlib.util.spec_from_file_location("bench_asr", REPO / "bench" / "as
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)  # scoring helpers shared with the benchmark (jiwer WER/CER, attribution)
 
-FW = AsrOptions(cpu_threads=2)  # the default configuration (base, int8, beam 5, VAD), 2 threads
+FW = AsrOptions(cpu_threads=2)  # the default configuration (base, int8, batched, beam 5, VAD), 2 threads
+FW_SEQ = replace(FW, batched=False)  # sequential decoding (CALLQA_ASR_BATCHED=0)
 
 
 def hold_music(seconds: float = 20.0, seed: int = 0) -> np.ndarray:
@@ -94,6 +96,39 @@ def test_compact_keeps_short_gaps_and_maps_times_back():
     assert TimeMap([]).to_original(3.0) == 3.0
 
 
+def test_chunks_hold_whole_regions_up_to_one_window():
+    sr = SAMPLE_RATE
+    regions = [(0, 10 * sr), (12 * sr, 22 * sr), (40 * sr, 49 * sr), (50 * sr, 95 * sr)]
+    groups = chunk_regions(regions, max_s=30.0, gap_s=1.0)
+    # 10 s + 1 s (2 s pause, shortened) + 10 s = 21 s; the next 9 s region would need 1 s more than 30 s
+    assert groups[0] == [(0, 10 * sr), (12 * sr, 22 * sr)]
+    assert groups[1] == [(40 * sr, 49 * sr)]
+    assert groups[2:] == [[(50 * sr, 80 * sr)], [(80 * sr, 95 * sr)]]  # over a window: cut (the VAD avoids it)
+    for g in groups:
+        audio, tmap = compact(np.ones(100 * sr, np.float32), g, 1.0)
+        assert len(audio) <= 30 * sr and tmap.to_original(0.0) == g[0][0] / sr
+    assert chunk_regions([], 30.0, 1.0) == []
+
+
+def test_mono_is_decoded_whole_in_spans_cut_in_the_middle_of_pauses():
+    sr = SAMPLE_RATE
+    regions = [(1 * sr, 12 * sr), (14 * sr, 26 * sr), (27 * sr, 45 * sr), (46 * sr, 72 * sr), (80 * sr, 85 * sr)]
+    spans = spans_at_pauses(regions, 90 * sr, max_s=30.0)
+    assert spans[:3] == [(0, 13 * sr), (13 * sr, 26 * sr + sr // 2), (26 * sr + sr // 2, 45 * sr + sr // 2)]
+    # 26 s of speech with 0.5 s of pause before and 4 s after is over a window: 0.5 s of silence left out
+    h = sr // 2
+    assert spans[3:] == [(45 * sr + h, 75 * sr + h), (76 * sr, 90 * sr)]
+    # a long pause: its silence is decoded too, in spans of its own
+    assert spans_at_pauses([(0, 29 * sr), (60 * sr, 70 * sr)], 70 * sr, 30.0) == \
+        [(0, 30 * sr), (30 * sr, 44 * sr + h), (44 * sr + h, 70 * sr)]
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])) and spans[0][0] == 0 and spans[-1][1] == 90 * sr
+    assert all(e - s <= 30 * sr for s, e in spans)
+    groups = chunk_regions(spans, 30.0, 1.0)  # packed whole: windows cut only where the spans meet
+    assert [g[0][0] for g in groups] == [0, 26 * sr + h, 45 * sr + h, 76 * sr]
+    assert spans_at_pauses([(0, 100 * sr)], 100 * sr, 30.0)[0] == (0, 30 * sr)  # over a window: cut (VAD avoids it)
+    assert spans_at_pauses([(2 * sr, 5 * sr)], 20 * sr, 30.0) == [(0, 20 * sr)]
+
+
 def test_lenient_vad_retry_when_the_vad_misses_loud_speech(monkeypatch):
     import faster_whisper.vad as fv
     calls = []
@@ -130,22 +165,29 @@ def test_options_from_settings():
     o = options_from_settings(s)
     assert (o.engine, o.compute_type, o.vad, o.hotwords, o.initial_prompt) == \
         ("faster-whisper", "int8", True, "Brightline, Технопарк", "Sales call.")
+    assert (o.batched, o.batch_size, o.beam_size) == (True, 4, 5)
     o = options_from_settings(s, engine="openai-whisper")
     assert o.compute_type == "float32"  # int8 is faster-whisper's default, not PyTorch's
+    o = options_from_settings(s, engine="openai-whisper", compute_type=None)  # the CLI passes None when not set
+    assert o.compute_type == "float32"
+    o = options_from_settings(Settings(asr_device="cuda", asr_batch_size=16, asr_batched=False))
+    assert (o.device, o.compute_type, o.batch_size, o.batched) == ("cuda", "float16", 16, False)
+    assert options_from_settings(Settings(asr_device="cuda"), compute_type="int8").compute_type == "int8"
 
 
 # ----------------------------------------------------------------------------- real audio (base, default settings)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["batched", "sequential"])
 @pytest.mark.parametrize("name,ref,lang,metric,limit", [
     ("jfk_16k.wav", "jfk.txt", "en", "wer", 0.05),
     ("osr_en_8k.wav", "osr_en_8k.txt", "en", "wer", 0.08),
     ("festvox_ru_real_8k.wav", "festvox_ru_real_8k.txt", "ru", "cer", 0.10),
 ])
-def test_accuracy_on_real_audio(shared_dir, name, ref, lang, metric, limit):
+def test_accuracy_on_real_audio(shared_dir, name, ref, lang, metric, limit, mode):
     real = shared_dir / "audio" / "real"
-    r = transcribe_channel(str(real / name), None, lang, FW)
+    r = transcribe_channel(str(real / name), None, lang, FW if mode == "batched" else FW_SEQ)
     err = getattr(bench, metric)((real / ref).read_text(), text_of(r))
     assert err <= limit, (name, metric, err, text_of(r))
     words = [w for t in r.turns for w in t.words]
@@ -154,8 +196,9 @@ def test_accuracy_on_real_audio(shared_dir, name, ref, lang, metric, limit):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["batched, channels together", "batched, one channel a job", "sequential"])
 @pytest.mark.parametrize("lang", ["en", "ru"])
-def test_stereo_calls_every_turn_right_speaker_in_order(shared_dir, lang):
+def test_stereo_calls_every_turn_right_speaker_in_order(shared_dir, lang, mode):
     from models.events import CallRecorded
     from pipeline.audio import probe
     from pipeline.transcribe import merge, plan_channels
@@ -165,7 +208,11 @@ def test_stereo_calls_every_turn_right_speaker_in_order(shared_dir, lang):
                       started_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
                       channels={"layout": "stereo", "manager_channel": 0})
     jobs = plan_channels(ev, probe(path))
-    results = [transcribe_channel(str(path), j.channel, lang, FW) for j in jobs]
+    if mode == "batched, channels together":  # callqa transcribe, and the worker on a GPU
+        results = transcribe_call(str(path), [j.channel for j in jobs], lang, FW)
+    else:  # the worker on the CPU: each channel a job of its own
+        results = [transcribe_channel(str(path), j.channel, lang, FW if mode.startswith("batched") else FW_SEQ)
+                   for j in jobs]
     out = merge(ev, jobs, results, FW, 1.0)
     ref = json.loads(path.with_suffix(".ref.json").read_text())["turns"]
     segs = [s.model_dump() for s in out.segments]
@@ -174,6 +221,44 @@ def test_stereo_calls_every_turn_right_speaker_in_order(shared_dir, lang):
     assert att["turns_right"] == len(ref), att
     assert max(att["wer_per_speaker"].values()) < (0.35 if lang == "ru" else 0.2), att
     assert all(s.words for s in out.segments)
+
+
+@pytest.mark.slow
+def test_batched_chunk_that_fails_whisper_checks_is_decoded_again(shared_dir):
+    """A chunk over the log-prob threshold (here: every chunk) is decoded again sequentially; words stay."""
+    audio = decode_channels(shared_dir / "audio" / "real" / "jfk_16k.wav")[0]
+    engine = asr.get_engine(FW)
+    [(turns, lang, _)] = engine.transcribe_streams([audio], None, replace(FW, logprob_threshold=-0.001), mono=True)
+    assert engine.last_stats == {"chunks": 1, "fallbacks": 1} and lang == "en"  # detected from the first batch
+    assert bench.wer((shared_dir / "audio" / "real" / "jfk.txt").read_text(), " ".join(t.text for t in turns)) <= 0.05
+    assert all(t.words for t in turns)
+
+
+@pytest.mark.slow
+def test_batched_decoding_holds_only_the_batches_in_flight(shared_dir, monkeypatch):
+    """Chunks are cut and their features computed batch by batch, so a long call never holds all of them."""
+    audio = decode_channels(shared_dir / "audio" / "real" / "festvox_ru_real_8k.wav")[0]
+    long = np.tile(audio, 3)  # ~7 minutes, ~20 chunks
+    engine = asr.get_engine(FW)
+    made, encoded = [], []
+    real_compact, real_encode = asr.compact, engine.model.encode
+    monkeypatch.setattr(asr, "compact", lambda *a: made.append(1) or real_compact(*a))
+
+    class Enough(Exception):
+        pass
+
+    def encode(features):
+        encoded.append((len(features), len(made)))
+        if len(encoded) == 3:
+            raise Enough  # seen enough; skip decoding the rest
+        return real_encode(features)
+    monkeypatch.setattr(engine.model, "encode", encode)
+    with pytest.raises(Enough):
+        engine.transcribe_streams([long], "ru", replace(FW, batch_size=4), mono=True)
+    per = 4 // engine.workers  # batch_size counts the chunks in flight over all workers
+    assert engine.workers == FW.cpu_threads and all(n == per for n, _ in encoded)
+    # when the k-th batch is encoded, at most the batches of the workers ahead of it have been cut
+    assert all(m <= per * (k + engine.workers) for k, (_, m) in enumerate(encoded, 1)), encoded
 
 
 # ----------------------------------------------------------------------------- both engines, one interface
