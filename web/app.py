@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from callqa import report as rp
+from pipeline import queries as rp
 from config.settings import Settings
 from models.db import session_factory
 from models.events import STEPS
