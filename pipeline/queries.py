@@ -16,6 +16,7 @@ from typing import Any, Optional
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.events import STEPS
 from models.tables import Call, FlagRow, Manager, ObjectionRow, SegmentRow, as_utc
 from pipeline import stats
 from pipeline.store import current_reviews, load_outcomes, review_of
@@ -34,6 +35,7 @@ class Scope:
     since: Optional[datetime] = None
     until: Optional[datetime] = None
     tz: tzinfo = timezone.utc
+    teams: Optional[frozenset] = None  # only calls made in these teams (what a head or trainer may see)
 
     @classmethod
     def parse(cls, team: Optional[str] = None, since: Optional[str] = None, until: Optional[str] = None,
@@ -43,6 +45,8 @@ class Scope:
                    until=until_day(until, tz) if until else None, tz=tz)
 
     def calls(self, q):
+        if self.teams is not None:
+            q = q.where(Call.team_id.in_(sorted(self.teams)))
         if self.team_id is not None:
             q = q.where(Call.team_id == self.team_id)
         if self.since is not None:
@@ -65,7 +69,7 @@ def _names(session: Session) -> dict[str, Optional[str]]:
 def manager_rows(session: Session, min_calls: int, scope: Scope = Scope(),
                  min_step_calls: Optional[int] = None) -> list[dict]:
     reports = stats.compute(load_outcomes(session, team_id=scope.team_id, since=scope.since, until=scope.until,
-                                          tz=scope.tz), min_calls, min_step_calls=min_step_calls)
+                                          tz=scope.tz, teams=scope.teams), min_calls, min_step_calls=min_step_calls)
     names = _names(session)
     failed: dict[str, int] = {}
     failed_team: dict[str, Optional[str]] = {}
@@ -162,18 +166,20 @@ def has_calls(session: Session, scope: Scope) -> bool:
 def empty_reason(session: Session, scope: Scope, what: str = "calls") -> str:
     """Why a report has no rows: nothing stored at all, or nothing in the team or dates asked for."""
     from sqlalchemy import func
-    total = session.scalar(select(func.count()).select_from(Call)) or 0
+    total = session.scalar(Scope(teams=scope.teams).calls(select(func.count()).select_from(Call))) or 0
     if not total:
         return ("No calls stored yet. Publish some (callqa publish) and keep a worker running (callqa worker); "
                 "if calls were stored elsewhere, check CALLQA_DATABASE_URL.")
     if scope.team_id is not None:
-        teams = sorted(t for t in session.scalars(select(Call.team_id).distinct()) if t)
+        teams = sorted(t for t in session.scalars(select(Call.team_id).distinct())
+                       if t and (scope.teams is None or t in scope.teams))
         if scope.team_id not in teams:
             return (f"No calls for team {scope.team_id!r}. Teams with calls: {', '.join(teams) or 'none'} "
                     "(--team takes a team id).")
     span = ""
     if scope.since is not None or scope.until is not None:
-        first, last = session.execute(select(func.min(Call.started_at), func.max(Call.started_at))).one()
+        first, last = session.execute(Scope(teams=scope.teams).calls(
+            select(func.min(Call.started_at), func.max(Call.started_at)))).one()
         span = (f" Stored calls run from {as_utc(first).astimezone(scope.tz).date()} to "
                 f"{as_utc(last).astimezone(scope.tz).date()}.")
     where = scope_text(scope)
@@ -301,3 +307,30 @@ def until_day(text: str, tz: tzinfo = timezone.utc) -> datetime:
     if _DAY.match(text.strip()):
         return datetime.combine(dt.date() + timedelta(days=1), time(), tz)
     return dt
+
+
+# ---- charts: trends and funnels -----------------------------------------------------------------
+
+def weekly_trend(session: Session, scope: Scope, manager_id: str, min_calls: int, weeks: int = 12) -> list[dict]:
+    """A manager's score per step in each ISO week (business time zone) with calls, with the team's, oldest
+    first (the last ``weeks`` weeks that have calls)."""
+    outcomes = load_outcomes(session, team_id=scope.team_id, since=scope.since, until=scope.until, tz=scope.tz,
+                             teams=scope.teams)
+    keys = sorted({p for o in outcomes if o.manager_id == manager_id for p in o.periods if p.startswith("week:")})
+    rows = []
+    for key in keys[-weeks:]:
+        r = stats.compute(outcomes, min_calls, period=key).get(manager_id)
+        if r is None:
+            continue
+        rows.append({"week": key.removeprefix("week:"), "calls": r.calls,
+                     "steps": {step: {"score": _r(st.score), "team_score": _r(st.team_score)}
+                               for step, st in r.stages.items()}})
+    return rows
+
+
+def step_funnel(session: Session, scope: Scope) -> dict:
+    """Of the tagged calls in scope: how many reached each step (the step occurred), in step order."""
+    outcomes = load_outcomes(session, team_id=scope.team_id, since=scope.since, until=scope.until, tz=scope.tz,
+                             teams=scope.teams)
+    counts = {step: sum(1 for o in outcomes if o.steps.get(step, (False, None))[0]) for step in STEPS}
+    return {"calls": len(outcomes), "steps": counts}
