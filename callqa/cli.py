@@ -531,14 +531,79 @@ def cmd_config(args, s: Settings) -> int:
     return 0
 
 
+def _password(args) -> tuple[str, bool]:
+    """The password from standard input (--password-stdin: its first line), else a random one to print once."""
+    from pipeline.accounts import random_password
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n"), False
+    return random_password(), True
+
+
+def cmd_users(args, s: Settings) -> int:
+    """Accounts of the web app and the JSON API."""
+    from models.db import session_factory
+    from pipeline import accounts
+    sessions = session_factory(s.db_url)
+    try:
+        with sessions.begin() as db:
+            if args.action == "add":
+                password, generated = _password(args)
+                user = accounts.add_user(db, args.name, args.role, password, teams=args.team or [],
+                                         manager_id=args.manager_id, language=args.language, timezone=args.timezone)
+                accounts.audit(db, None, "user_add", username=user.username, role=user.role, teams=user.teams)
+                print(f"added {user.username} ({user.role}"
+                      + (f", teams {', '.join(user.teams)}" if user.teams else "")
+                      + (f", manager {user.manager_id}" if user.manager_id else "") + ")")
+            elif args.action == "passwd":
+                password, generated = _password(args)
+                user = accounts.set_password(db, args.name, password)
+                accounts.audit(db, None, "user_passwd", username=user.username)
+                print(f"new password set for {user.username}; their sessions ended")
+            elif args.action in ("disable", "enable"):
+                user = accounts.set_disabled(db, args.name, args.action == "disable")
+                accounts.audit(db, None, f"user_{args.action}", username=user.username)
+                print(f"{user.username} {args.action}d")
+                return 0
+            elif args.action == "token":
+                token = accounts.new_api_token(db, args.name, args.label)
+                accounts.audit(db, None, "token_add", username=args.name, label=args.label)
+                print(f"API token for {args.name} (shown once; send it as 'Authorization: Bearer <token>'):")
+                print(token)
+                return 0
+            elif args.action == "revoke-tokens":
+                n = accounts.revoke_api_tokens(db, args.name)
+                accounts.audit(db, None, "token_revoke", username=args.name, count=n)
+                print(f"revoked {n} API token(s) of {args.name}")
+                return 0
+            else:  # list
+                users = accounts.list_users(db)
+                if not users:
+                    print("no users yet: callqa users add NAME --role admin")
+                for u in users:
+                    print(f"{u.username:20} {u.role:8} {','.join(u.teams or []) or '-':20} {u.manager_id or '-':16} "
+                          f"{u.language or 'auto':4} {'DISABLED' if u.disabled else ''}".rstrip())
+                return 0
+    except accounts.AccountError as e:
+        return _err(str(e))
+    if generated:
+        print(f"password (shown once): {password}")
+    return 0
+
+
 def cmd_web(args, s: Settings) -> int:
     import uvicorn
 
     from models.db import session_factory
     from web.app import create_app
+    from pipeline.accounts import AccountError
     session_factory(s.db_url, must_exist=True)  # pages over a mistyped path would only say "no calls"
-    print(f"callqa web on http://{args.host}:{args.port}/ (database: {s.db_url})")
-    uvicorn.run(create_app(s), host=args.host, port=args.port, log_level="warning")
+    try:
+        app = create_app(s)
+    except AccountError as e:
+        return _err(str(e))
+    print(f"callqa web on http://{args.host}:{args.port}/ (database: {s.db_url}); log in with a user from "
+          "`callqa users add NAME --role admin`")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -675,6 +740,31 @@ def build_parser() -> argparse.ArgumentParser:
     wb.add_argument("--host", default="127.0.0.1")
     wb.add_argument("--port", type=int, default=8080)
     wb.set_defaults(fn=cmd_web)
+
+    us = sub.add_parser("users", help="accounts of the web app and the JSON API: add, passwd, disable, list, token",
+                        description="Roles: admin (everything, users), head (their teams: everything, verdicts), "
+                                    "trainer (their teams: statistics, coaching, calls), manager (their own calls). "
+                                    "Without --password-stdin a random password is printed once.")
+    us_sub = us.add_subparsers(dest="action", required=True)
+    ua = us_sub.add_parser("add", help="a new user")
+    ua.add_argument("name")
+    ua.add_argument("--role", required=True, choices=["admin", "head", "trainer", "manager"])
+    ua.add_argument("--team", action="append", help="a team the user sees (head, trainer; repeatable)")
+    ua.add_argument("--manager-id", help="the manager_id of a manager's calls (role manager)")
+    ua.add_argument("--language", choices=["ru", "en"], help="default: the browser's language")
+    ua.add_argument("--timezone", help="IANA name for the dates shown (default CALLQA_TIMEZONE)")
+    ua.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    up = us_sub.add_parser("passwd", help="a new password (ends the user's sessions, lifts a lock-out)")
+    up.add_argument("name")
+    up.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    for action, text in (("disable", "the user can no longer log in or use API tokens"),
+                         ("enable", "undo disable"), ("revoke-tokens", "revoke all the user's API tokens")):
+        us_sub.add_parser(action, help=text).add_argument("name")
+    ut = us_sub.add_parser("token", help="a new API token for the JSON API (printed once)")
+    ut.add_argument("name")
+    ut.add_argument("--label", help="what the token is for (e.g. the BI tool)")
+    us_sub.add_parser("list", help="users, roles, teams")
+    us.set_defaults(fn=cmd_users)
 
     i = sub.add_parser("ingest", help="HTTP service for telephony callbacks")
     i.add_argument("--host", default="0.0.0.0")

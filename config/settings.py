@@ -97,6 +97,17 @@ class Settings:
     zadarma_secret: str = setting("CALLQA_ZADARMA_SECRET", "", "Zadarma API secret (signs the API request)")
     mango_api_key: str = setting("CALLQA_MANGO_API_KEY", "", "Mango Office vpbx_api_key (recording download)")
     mango_api_salt: str = setting("CALLQA_MANGO_API_SALT", "", "Mango Office vpbx_api_salt (signs the download)")
+    secret_key: str = setting(
+        "CALLQA_SECRET_KEY", "", "key that signs the web app's session cookies (32+ random characters); empty = a key "
+        "generated once into CALLQA_HOME/secret_key (mode 600) and read from there")
+    session_hours: float = setting("CALLQA_SESSION_HOURS", 12.0, "a web login lasts this long")
+    login_max_failures: int = setting(
+        "CALLQA_LOGIN_MAX_FAILURES", 5, "wrong passwords for one user (or 4x that from one address) within "
+        "CALLQA_LOGIN_LOCK_S that lock further logins out")
+    login_lock_s: float = setting("CALLQA_LOGIN_LOCK_S", 900.0, "the lock-out window after too many wrong passwords")
+    cookie_secure: bool = setting(
+        "CALLQA_COOKIE_SECURE", False, "always mark the session cookie Secure (it is anyway on https requests, "
+        "including X-Forwarded-Proto: https from a trusted proxy)")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":

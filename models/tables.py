@@ -208,3 +208,68 @@ class Outbox(Base):
     value: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[Optional[datetime]] = mapped_column(index=True)
+
+
+class User(Base):
+    """Someone who logs into the web app (or calls the JSON API with a token).
+
+    role: admin (everything, users) | head (their teams: everything, verdicts) | trainer (their teams:
+    statistics, coaching, calls, corrections) | manager (only their own calls: manager_id)."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    teams: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    manager_id: Mapped[Optional[str]] = mapped_column(String(200))
+    language: Mapped[Optional[str]] = mapped_column(String(8))  # ru | en; None: the browser's Accept-Language
+    timezone: Mapped[Optional[str]] = mapped_column(String(64))  # IANA name; None: CALLQA_TIMEZONE
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UserSession(Base):
+    """A logged-in browser. The cookie carries the session id (signed); only its SHA-256 is stored."""
+
+    __tablename__ = "user_sessions"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class ApiToken(Base):
+    """A user's token for the JSON API (BI tools): same rights as the user. Only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[Optional[str]] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[Optional[datetime]] = mapped_column()
+
+
+class LoginFailure(Base):
+    """A wrong password (or unknown user): counted per username and per address to lock out guessing."""
+
+    __tablename__ = "login_failures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(100), index=True)
+    address: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class AuditEntry(Base):
+    """Who did what: verdicts, corrections, logins, user changes. Never updated or deleted by callqa."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    user_id: Mapped[Optional[int]] = mapped_column(Integer)
+    username: Mapped[Optional[str]] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(32))
+    call_id: Mapped[Optional[str]] = mapped_column(String(200), index=True)
+    detail: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)

@@ -178,10 +178,14 @@ def mark_failed(session: Session, dead: DeadLetter) -> bool:
 
 
 def load_outcomes(session: Session, *, team_id: Optional[str] = None, since: Optional[datetime] = None,
-                  until: Optional[datetime] = None, tz: tzinfo = timezone.utc) -> list[stats.CallOutcome]:
-    """Every stored (tagged) call's contribution, optionally for one team and a time range; periods in ``tz``."""
+                  until: Optional[datetime] = None, tz: tzinfo = timezone.utc,
+                  teams: Optional[frozenset] = None) -> list[stats.CallOutcome]:
+    """Every stored (tagged) call's contribution, optionally for one team (or a set of teams) and a time range;
+    periods in ``tz``."""
     q = select(Call.call_id, Call.manager_id, Call.team_id, Call.started_at, Call.revision).where(
         Call.status == "tagged")
+    if teams is not None:
+        q = q.where(Call.team_id.in_(sorted(teams)))
     if team_id is not None:
         q = q.where(Call.team_id == team_id)
     if since is not None:

@@ -29,6 +29,13 @@ def test_demo_report_names_the_intended_weak_stages(kafka_bootstrap, tmp_path, c
     out = capsys.readouterr().out
     assert "Weak stage" in out and "Anna Petrova" in out
     assert "Resetting the demo" in out and "Kept 1 review(s) from the previous demo run" in out
+    # a demo admin for the web pages, its password printed once
+    password = out.split("log in as admin with the password ")[1].split()[0]
+    assert out.count(password) == 1
+    with session_factory(s.db_url).begin() as session:
+        from pipeline.accounts import login
+        user = login(session, "admin", password, "127.0.0.1", max_failures=5, lock_s=60)
+        assert user is not None and user.role == "admin"
     with session_factory(s.db_url)() as session:
         kept = [(r.call_id, r.flag_code, r.verdict, r.comment) for r in session.query(Review)]
     assert kept == [("demo-ru-anna-03", "unanswered_objection", "agree", "coach on price")]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 from fastapi.testclient import TestClient
@@ -10,36 +9,34 @@ from fastapi.testclient import TestClient
 from config.settings import Settings
 from models.db import session_factory
 from pipeline.store import store_tagged
-from tests.test_report import call
+from tests.webapp import csrf_of, login, make_site
 
 
 @pytest.fixture
-def client(tmp_path, shared_dir):
-    rec = tmp_path / "recordings"
-    rec.mkdir()
-    wav = shutil.copy(shared_dir / "audio" / "real" / "jfk_8k.wav", rec / "a1.wav")
-    s = Settings(home=str(tmp_path), recordings_dir=str(rec))
-    sessions = session_factory(s.db_url)
-    with sessions.begin() as db:
-        a1 = call("a1", "anna", objections=[("price", False, 20)], flags=["unanswered_objection"], lead_min=5)
-        store_tagged(db, a1.model_copy(update={"recording_url": f"file://{wav}"}))
-        store_tagged(db, call("a2", "anna", objections=[("think", False, 30)], flags=["long_monologue"], day=1))
-        store_tagged(db, call("b1", "bob", objections=[("price", True, 20)]))
-        store_tagged(db, call("b2", "bob", flags=["long_monologue"], day=2))
+def site(tmp_path, shared_dir, db_url):
+    return make_site(db_url, tmp_path, shared_dir)
+
+
+@pytest.fixture
+def client(site):
+    """Logged in as hana, a sales head of team north (calls a1, a2, b1, b2)."""
     from web.app import create_app
+    s, sessions = site
     c = TestClient(create_app(s))
     c.app_state = {"sessions": sessions}
+    assert login(c, "hana").status_code == 303
     return c
 
 
 def test_pages_render_what_the_reports_say(client):
     r = client.get("/")
-    assert r.status_code == 200 and "Anna" in r.text and "objection_handling" in r.text
+    assert r.status_code == 200 and "Anna" in r.text and "Objection handling" in r.text
+    assert "Cat" not in r.text  # team south is not hana's
     r = client.get("/managers/anna")
     assert r.status_code == 200 and "Flagged calls" in r.text and "a2" in r.text
     assert client.get("/managers/nobody").status_code == 404
     r = client.get("/calls/a1")
-    assert r.status_code == 200 and "objection price" in r.text and "not answered" in r.text
+    assert r.status_code == 200 and "Price" in r.text and "not answered" in r.text
     assert '<audio id="player"' in r.text
     r = client.get("/coaching")
     assert r.status_code == 200 and "moments to coach on" in r.text
@@ -52,22 +49,29 @@ def test_pages_render_what_the_reports_say(client):
 def test_review_from_the_queue(client):
     r = client.get("/flagged")
     assert r.status_code == 200 and r.text.count('name="verdict" value="agree"') == 3
-    r = client.post("/calls/a2/reviews", data={"flag": "long_monologue", "verdict": "disagree",
+    token = csrf_of(r.text)
+    r = client.post("/calls/a2/reviews", data={"flag": "long_monologue", "verdict": "disagree", "csrf_token": token,
                                                "comment": "it was a demo", "next": "/flagged"},
                     follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/flagged"
     assert client.get("/flagged").text.count('name="verdict" value="agree"') == 2  # reviewed ones leave the queue
     flagged = client.get("/api/flagged").json()["flagged"]
-    assert [f["review"] for f in flagged if f["call_id"] == "a2"] == ["disagree"]
-    assert client.post("/calls/b1/reviews", data={"flag": "long_monologue", "verdict": "agree"}).status_code == 400
-    r = client.post("/calls/a1/reviews", data={"flag": "unanswered_objection", "verdict": "agree",
-                                               "next": "https://evil.example"}, follow_redirects=False)
-    assert r.headers["location"] == "/flagged"  # never an open redirect
+    assert [(f["review"], f["reviewer"]) for f in flagged if f["call_id"] == "a2"] == [("disagree", "hana")]
+    assert client.post("/calls/b1/reviews", data={"flag": "long_monologue", "verdict": "agree",
+                                                  "csrf_token": token}).status_code == 400
+    for evil in ("https://evil.example", "//evil.example/x", "/\\evil.example", "/\tevil", "http:/x"):
+        r = client.post("/calls/a1/reviews", data={"flag": "unanswered_objection", "verdict": "agree", "csrf_token": token,
+                                                   "next": evil}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/flagged", evil  # never an open redirect
 
 
 def test_audio_is_served_only_from_allowed_dirs_with_ranges(client):
     r = client.get("/calls/a1/audio", headers={"Range": "bytes=0-99"})
     assert r.status_code == 206 and len(r.content) == 100
+    assert r.headers["content-range"].startswith("bytes 0-99/")
+    r = client.get("/calls/a1/audio", headers={"Range": "bytes=-100"})  # the last 100 bytes (Safari asks so)
+    assert r.status_code == 206 and len(r.content) == 100
+    assert client.get("/calls/a1/audio").headers["accept-ranges"] == "bytes"
     assert client.get("/calls/a2/audio").status_code == 404  # file:///rec/a2.wav is not in the allowed dirs
 
 
@@ -94,7 +98,7 @@ def test_api_docs_work_offline(client):
 
 def test_manager_page_wording(client):
     r = client.get("/managers/bob")
-    closing = r.text.split('<span class="chip closing">closing</span>')[1].split("</tr>")[0]
+    closing = r.text.split('<span class="chip closing" title="closing">Closing</span>')[1].split("</tr>")[0]
     assert re.findall(r'<td class="num">([^<]*)</td>', closing)[2] == "–"   # no step after closing
     assert "1 calls" not in client.get("/").text + r.text
 
@@ -107,7 +111,7 @@ def test_call_page_explains_each_turn_with_the_current_rules(client, tmp_path):
              ("manager", "We offer a warehouse platform, it costs 200 a month. <script>alert(1)</script>"),
              ("client", "I will think about it."), ("manager", "Okay, let us keep in touch.")]
     ev = CallTranscribed.model_validate({
-        "call_id": "x1", "manager_id": "anna", "language": "en", "recording_url": "file:///r/x1.wav",
+        "call_id": "x1", "manager_id": "anna", "team_id": "north", "language": "en", "recording_url": "file:///r/x1.wav",
         "asr": {"engine": "faster-whisper", "model": "base", "compute_type": "int8", "audio_s": 20, "wall_s": 2},
         "segments": [{"speaker": sp, "start": i * 4.0, "end": i * 4.0 + 3, "text": t}
                      for i, (sp, t) in enumerate(turns)]})
@@ -120,13 +124,17 @@ def test_call_page_explains_each_turn_with_the_current_rules(client, tmp_path):
     assert "<script>alert(1)</script>" not in r.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in r.text
 
 
-def test_rules_page_shows_the_state(tmp_path, shared_dir):
+def test_rules_page_shows_the_state(tmp_path):
     from tests.test_explain import rules_copy
     d = rules_copy(tmp_path)
     s = Settings(home=str(tmp_path), rules_dir=str(d))
     session_factory(s.db_url)
     from web.app import create_app
     c = TestClient(create_app(s))
+    with session_factory(s.db_url).begin() as db:
+        from pipeline.accounts import add_user
+        add_user(db, "trainer", "trainer", "a long password", teams=["north"])
+    login(c, "trainer", "a long password")
     r = c.get("/rules")
     assert r.status_code == 200 and "Valid." in r.text and "cues.closing" in r.text
     assert "answer-to-product-question" in r.text and str(d) in r.text

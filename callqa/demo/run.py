@@ -80,6 +80,18 @@ def _callqa_command() -> str:
         return str(script)
 
 
+def _demo_admin(sessions) -> tuple[str, str]:
+    """An admin for the demo's web pages, with a random password (printed once by the caller)."""
+    from pipeline import accounts
+    password = accounts.random_password()
+    with sessions.begin() as session:
+        try:
+            accounts.set_password(session, "admin", password)
+        except accounts.AccountError:
+            accounts.add_user(session, "admin", "admin", password)
+    return "admin", password
+
+
 def _progress(done: int, total: int, started: float, last: list) -> None:
     if sys.stdout.isatty():
         bar = "#" * int(30 * done / total) + "-" * (30 - int(30 * done / total))
@@ -170,8 +182,10 @@ def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
         cmd = _callqa_command()
         print(f"Again, any time: CALLQA_DATABASE_URL={s.db_url} {cmd} report "
               "[managers|manager ID|flagged|flags|coaching]")
-        print(f"In a browser:    CALLQA_DATABASE_URL={s.db_url} CALLQA_RECORDINGS_DIR={s.recordings_dir} "
-              f"{cmd} web  (http://127.0.0.1:8080/)")
+        print(f"In a browser:    CALLQA_HOME={home} CALLQA_DATABASE_URL={s.db_url} "
+              f"CALLQA_RECORDINGS_DIR={s.recordings_dir} {cmd} web  (http://127.0.0.1:8080/)")
+        user, password = _demo_admin(sessions)
+        print(f"  log in as {user} with the password {password}  (shown once; {cmd} users passwd {user} sets another)")
         return 0 if not failed else 1
     except KeyboardInterrupt:
         print("\ninterrupted; stopping the worker and the broker")
