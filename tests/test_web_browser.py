@@ -1,7 +1,7 @@
 """The web app in a real headless Chromium (Playwright driving Debian's `chromium`), over a real server and
 database: a head reviews a call, a manager cannot reach another's call, anonymous people get the login page,
-a POST without the CSRF token is refused. Screenshots of every page go to docs/screenshots/ (the README
-shows them), or to CALLQA_SCREENSHOTS_DIR.
+a POST without the CSRF token is refused. Screenshots of every page go to var/screenshots/, or to
+CALLQA_SCREENSHOTS_DIR (CALLQA_SCREENSHOTS_DIR=docs/screenshots refreshes the ones the README shows).
 
 Needs `apt-get install chromium` (.ci/run does it) and the `playwright` package; Playwright's own browser
 download is not used. CALLQA_CHROMIUM names another Chromium binary.
@@ -24,7 +24,8 @@ from tests.helpers import REPO
 from tests.webapp import PASSWORD, make_site
 
 CHROMIUM = os.environ.get("CALLQA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-SHOTS = Path(os.environ.get("CALLQA_SCREENSHOTS_DIR") or REPO / "docs" / "screenshots")
+# var/screenshots by default (ignored by git); CALLQA_SCREENSHOTS_DIR=docs/screenshots refreshes the README's
+SHOTS = Path(os.environ.get("CALLQA_SCREENSHOTS_DIR") or REPO / "var" / "screenshots")
 
 
 def _free_port() -> int:
