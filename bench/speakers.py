@@ -1,6 +1,6 @@
 """Who said it, measured: channel analysis, diarization and roles on the shared real and synthetic audio.
 
-For each file: transcription alone, then the voices told apart and the roles found (the same code the
+For each file: transcription alone, then (the fastest of three runs) the voices told apart and the roles found (the same code the
 worker runs); the diarization error rate where a reference says who spoke when, the role accuracy where it
 also says which side is the manager's, and the time diarization adds. Each mono file is also run as a
 stereo file with the same audio on both channels (as MP3 exports deliver them): it must be read once.
@@ -49,7 +49,9 @@ def run(name, path, ref, lang, roles_known, opts, duplicate=False) -> dict:
     t0 = time.perf_counter()
     res = transcribe_arrays([audio], lang, opts, mono=True)[0]
     asr_s = time.perf_counter() - t0
-    out = attribute(audio, res, direction="outbound")
+    # the fastest of three: the machine is shared, and noise only ever adds time
+    runs = [attribute(audio, res, direction="outbound") for _ in range(3)]
+    out = min(runs, key=lambda r: r.diarize_s)
     hyp_roles = [(t.start, t.end, s) for t, s in zip(out.turns, out.speakers or [])]
     hyp_voices = [(t.start, t.end, str(v)) for t, v in zip(out.turns, out.voices or [])]
     row = {"file": name + (" (same audio on 2 channels)" if duplicate else ""), "audio_s": round(len(audio) / 16000, 1),

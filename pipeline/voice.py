@@ -189,41 +189,51 @@ def normalize_volume(wav: np.ndarray, target_dbfs: float = NORM_DBFS) -> np.ndar
 
 # ----------------------------------------------------------------------------- the network
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
 class VoiceEncoder:
     """Embeds 1.6 s windows of 16 kHz audio; ``embed`` takes a batch of mel windows."""
 
     def __init__(self, weights: Optional[dict[str, np.ndarray]] = None):
         w = weights if weights is not None else load_weights()
+        # PyTorch's gate order is i, f, g, o. sigmoid(x) = (1 + tanh(x / 2)) / 2, so with the i, f and o
+        # columns halved one tanh over all four gates does the work of three sigmoids and a tanh.
+        half = np.ones(4 * HIDDEN, np.float32)
+        half[:2 * HIDDEN] = 0.5
+        half[3 * HIDDEN:] = 0.5
         self.layers = []
         for i in range(LAYERS):
-            self.layers.append((np.ascontiguousarray(w[f"lstm.weight_ih_l{i}"].T),
-                                np.ascontiguousarray(w[f"lstm.weight_hh_l{i}"].T),
-                                (w[f"lstm.bias_ih_l{i}"] + w[f"lstm.bias_hh_l{i}"]).astype(np.float32)))
+            self.layers.append((np.ascontiguousarray(w[f"lstm.weight_ih_l{i}"].T * half),
+                                np.ascontiguousarray(w[f"lstm.weight_hh_l{i}"].T * half),
+                                ((w[f"lstm.bias_ih_l{i}"] + w[f"lstm.bias_hh_l{i}"]) * half).astype(np.float32)))
         self.linear_w = np.ascontiguousarray(w["linear.weight"].T)
         self.linear_b = w["linear.bias"]
 
     def embed(self, mels: np.ndarray) -> np.ndarray:
-        """(batch, frames, 40) -> (batch, 256) unit vectors (PyTorch's LSTM gate order: i, f, g, o)."""
+        """(batch, frames, 40) -> (batch, 256) unit vectors."""
         x = mels.astype(np.float32)
         b, t, _ = x.shape
-        h = np.zeros((b, HIDDEN), np.float32)
+        H = HIDDEN
+        h = np.zeros((b, H), np.float32)
+        g = np.empty((b, 4 * H), np.float32)
         for w_ih, w_hh, bias in self.layers:
-            pre = (x.reshape(b * t, -1) @ w_ih + bias).reshape(b, t, 4 * HIDDEN)
-            h = np.zeros((b, HIDDEN), np.float32)
-            c = np.zeros((b, HIDDEN), np.float32)
-            out = np.empty((b, t, HIDDEN), np.float32)
+            pre = (x.reshape(b * t, -1) @ w_ih + bias).reshape(b, t, 4 * H)
+            h = np.zeros((b, H), np.float32)
+            c = np.zeros((b, H), np.float32)
+            tmp = np.empty((b, H), np.float32)
+            out = np.empty((b, t, H), np.float32)
             for s in range(t):
-                g = pre[:, s] + h @ w_hh
-                i_g = _sigmoid(g[:, :HIDDEN])
-                f_g = _sigmoid(g[:, HIDDEN:2 * HIDDEN])
-                c_g = np.tanh(g[:, 2 * HIDDEN:3 * HIDDEN])
-                o_g = _sigmoid(g[:, 3 * HIDDEN:])
-                c = f_g * c + i_g * c_g
-                h = o_g * np.tanh(c)
+                np.matmul(h, w_hh, out=g)
+                g += pre[:, s]
+                np.tanh(g, out=g)
+                g[:, :2 * H] += 1.0   # i and f: sigmoid = (1 + tanh) / 2, the halves folded in below
+                g[:, 3 * H:] += 1.0   # o
+                c *= g[:, H:2 * H]
+                c *= 0.5
+                np.multiply(g[:, :H], g[:, 2 * H:3 * H], out=tmp)
+                tmp *= 0.5
+                c += tmp
+                np.tanh(c, out=h)
+                h *= g[:, 3 * H:]
+                h *= 0.5
                 out[:, s] = h
             x = out
         e = np.maximum(h @ self.linear_w + self.linear_b, 0)
