@@ -69,7 +69,8 @@ def _manager_channel(name: str, channels: int, asked: Optional[str]) -> Optional
     if channels < 2 and mc is not None:
         if asked is not None:
             print(f"callqa: warning: {name} is mono, so --manager-channel {asked} is ignored: both voices are on "
-                  "one channel and get speaker 'unknown' (pass --manager-channel none to say so)", file=sys.stderr)
+                  "one channel, told apart by voice (diarization) with the manager found from what each says",
+                  file=sys.stderr)
         mc = None
     return mc
 
@@ -460,7 +461,9 @@ def cmd_transcribe(args, s: Settings) -> int:
     from models.events import CallRecorded
     from pipeline.asr import AsrError, options_from_settings, transcribe_arrays
     from pipeline.audio import AudioError, NoSpeechError, decode_channels, probe
-    from pipeline.transcribe import merge, plan_channels
+    from pipeline.channels import analyse
+    from pipeline.diarize import attribute
+    from pipeline.transcribe import diarize_options, merge, plan_channels
 
     src = Path(args.file).resolve()
     if not src.is_file():
@@ -478,9 +481,10 @@ def cmd_transcribe(args, s: Settings) -> int:
         info = probe(src)
         mc = _manager_channel(src.name, info.channels, args.manager_channel)
         ev = CallRecorded(call_id="cli", manager_id="cli", recording_url=src.as_uri(), language=args.language,
-                          channels={"layout": "mono" if mc is None else "stereo", "manager_channel": mc})
+                          channels={"layout": "stereo" if info.channels >= 2 else "mono", "manager_channel": mc})
         channels = decode_channels(src, s.asr_max_audio_s)
-        jobs = plan_channels(ev, info)
+        analysis = analyse(channels)
+        jobs = plan_channels(ev, info, analysis, s.diarize if args.diarize is None else args.diarize)
         streams = [channels[j.channel if j.channel is not None and len(channels) > 1 else 0] for j in jobs]
         del channels
         total = sum(len(a) for a in streams) / 16000
@@ -491,8 +495,12 @@ def cmd_transcribe(args, s: Settings) -> int:
             if bar:
                 bar.update(round(done - bar.n, 1))
         results = transcribe_arrays(streams, None if args.language == "auto" else args.language, opts, progress,
-                                    mono=len(jobs) == 1 and jobs[0].channel is None)
-        out = merge(ev, jobs, results, opts, _time.perf_counter() - t0)
+                                    mono=len(jobs) == 1 and (jobs[0].channel is None or jobs[0].diarize))
+        if len(jobs) == 1 and jobs[0].diarize:
+            if bar:
+                bar.set_postfix_str("telling the voices apart")
+            results = [attribute(streams[0], results[0], **diarize_options(ev, s))]
+        out = merge(ev, jobs, results, opts, _time.perf_counter() - t0, analysis)
         if not out.segments:
             raise NoSpeechError(f"no speech found in {src.name}: silence, music or a dead line")
     except (AudioError, AsrError) as e:
@@ -512,7 +520,45 @@ def cmd_transcribe(args, s: Settings) -> int:
         for seg in out.segments:
             print(f"[{seg.start:7.2f} - {seg.end:7.2f}] {seg.speaker:>7}: {seg.text}")
     print(f"({out.asr.audio_s:.1f}s audio in {out.asr.wall_s:.1f}s, {out.asr.engine} {out.asr.model} "
-          f"{out.asr.compute_type}, language {out.language_detected})", file=sys.stderr)
+          f"{out.asr.compute_type}, language {out.language_detected}; {_speakers_line(out)})", file=sys.stderr)
+    return 0
+
+
+def _speakers_line(out) -> str:
+    """How manager and client were told apart, in one phrase for the summary line."""
+    ch, r = out.channels, out.roles
+    where = {"stereo": "one party per channel", "duplicate": "the same audio on both channels, read as mono",
+             "one_channel": "one channel silent, the other read as mono", "mono": "mono"}.get(ch.detected or "", "")
+    if r is None or r.method == "none":
+        who = "speakers unknown" + (f" ({r.reason})" if r is not None and r.reason else "")
+    elif r.method == "channels":
+        who = f"manager on channel {ch.manager_channel}"
+    else:
+        who = (f"{r.voices} voice(s), manager found with confidence {r.confidence:.2f}"
+               + (" - uncertain: talk ratio and questions left out" if r.uncertain else ""))
+    return ", ".join(x for x in (where, who) if x)
+
+
+def cmd_models(args, s: Settings) -> int:
+    """Make the models ready ahead of the first call: the Whisper weights joined, the openai-whisper
+    checkpoint converted, the speaker encoder read."""
+    from pipeline.asr import AsrError, prepare_openai_checkpoint, resolve_model
+    from pipeline.voice import VoiceEncoderUnavailable, load_weights
+
+    name = args.model or (s.asr_model if not s.asr_model.endswith(".pt") else "base")
+    try:
+        print(f"faster-whisper {name}: {resolve_model(name)}")
+        if args.engine in ("openai-whisper", "all"):
+            path = prepare_openai_checkpoint(name, progress=lambda m: print(f"  {m}", file=sys.stderr),
+                                             force=args.force)
+            print(f"openai-whisper {name}: {path}")
+    except AsrError as e:
+        return _err(f"{type(e).__name__}: {e}")
+    try:
+        load_weights()
+        print("speaker encoder (mono calls): ready")
+    except VoiceEncoderUnavailable as e:
+        print(f"speaker encoder (mono calls): not installed - {e}", file=sys.stderr)
     return 0
 
 
@@ -722,6 +768,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", choices=["cpu", "cuda"],
                     help="default CALLQA_ASR_DEVICE (cpu); on cuda float16 unless --compute-type says otherwise")
     tr.add_argument("--vad", action=argparse.BooleanOptionalAction, default=None, help="voice activity filter")
+    tr.add_argument("--diarize", action=argparse.BooleanOptionalAction, default=None,
+                    help="mono or same-audio stereo: tell the voices apart and find the manager "
+                         "(default CALLQA_DIARIZE, on)")
     tr.add_argument("--prompt", help="initial prompt (default CALLQA_ASR_INITIAL_PROMPT)")
     tr.add_argument("--hotwords", help="product/company names (default CALLQA_ASR_HOTWORDS)")
     tr.add_argument("--threads", type=int, help="CPU threads (default CALLQA_ASR_CPU_THREADS, else all cores)")
@@ -732,6 +781,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="broker + worker + sample calls + report, all local")
     d.add_argument("--timeout", type=float, default=1200.0)
     d.set_defaults(fn=cmd_demo)
+
+    mo = sub.add_parser("models", help="make the models ready ahead of the first call")
+    mo_sub = mo.add_subparsers(dest="models_cmd", required=True)
+    mp = mo_sub.add_parser("prepare", help="join the Whisper weights, convert the openai-whisper checkpoint "
+                                           "(with --engine openai-whisper), read the speaker encoder")
+    mp.add_argument("--engine", choices=["faster-whisper", "openai-whisper", "all"], default="all")
+    mp.add_argument("--model", help="base or tiny.en (default CALLQA_ASR_MODEL)")
+    mp.add_argument("--force", action="store_true", help="convert again even if the checkpoint exists")
+    mp.set_defaults(fn=cmd_models)
 
     c = sub.add_parser("config", help="list the settings and their environment names")
     c.set_defaults(fn=cmd_config)

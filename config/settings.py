@@ -51,6 +51,11 @@ class Settings:
     asr_max_audio_s: float = setting("CALLQA_ASR_MAX_AUDIO_S", 4 * 3600.0, "longer recordings are refused")
     asr_call_timeout_s: float = setting("CALLQA_ASR_CALL_TIMEOUT_S", 900.0, "per-call transcription limit")
     asr_turn_gap_s: float = setting("CALLQA_ASR_TURN_GAP_S", 0.8, "pause that starts a new turn")
+    diarize: bool = setting("CALLQA_DIARIZE", True, "mono and same-audio stereo calls: tell the voices apart "
+                            "and find the manager (off: speaker 'unknown')")
+    role_min_confidence: float = setting(
+        "CALLQA_ROLE_MIN_CONFIDENCE", 0.8, "below this the roles found by voice are marked uncertain and the "
+        "speaker-dependent metrics (talk ratio, questions, monologues, interruptions) are left out")
     asr_initial_prompt: str = setting(
         "CALLQA_ASR_INITIAL_PROMPT", "", "Whisper initial prompt (style, product and company names)")
     asr_hotwords: str = setting(

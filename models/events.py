@@ -35,6 +35,12 @@ class Channels(_Event):
     layout: Literal["stereo", "mono"] = "stereo"
     # Which channel carries the manager; null for mono or when unknown.
     manager_channel: Optional[Literal[0, 1]] = 0
+    # Set by transcription from the audio (pipeline.channels): one party per channel ("stereo"), the same
+    # call on both ("duplicate"), one silent channel ("one_channel") or a mono file ("mono"); with the
+    # correlations it was decided on.
+    detected: Optional[Literal["stereo", "duplicate", "one_channel", "mono"]] = None
+    correlation: Optional[float] = None
+    envelope_correlation: Optional[float] = None
 
 
 class Lead(_Event):
@@ -79,6 +85,7 @@ class Word(_Event):
 
 class Segment(_Event):
     speaker: Speaker
+    voice: Optional[int] = None  # mono calls: the diarized voice (0, 1, 2) the role was given to
     start: float
     end: float
     text: str
@@ -94,10 +101,21 @@ class AsrInfo(_Event):
     wall_s: float
 
 
+class Roles(_Event):
+    """How manager and client were told apart: by channel, or by voice and content (pipeline.roles)."""
+    method: Literal["channels", "diarization", "none"]
+    voices: int = 0
+    confidence: Optional[float] = None  # that the manager is the manager (diarization)
+    uncertain: bool = False             # then the speaker-dependent metrics are left out
+    voice_similarity: Optional[float] = None  # cosine of the two main voices (1.0: one voice)
+    reason: Optional[str] = None        # why "none" (e.g. the speaker encoder is not installed)
+
+
 class CallTranscribed(CallRecorded):
     language_detected: Optional[str] = None
     segments: list[Segment] = Field(default_factory=list)
     asr: AsrInfo
+    roles: Optional[Roles] = None
 
 
 class UtteranceTag(_Event):
@@ -128,10 +146,11 @@ class Objection(_Event):
 
 
 class Metrics(_Event):
+    # The speaker-dependent ones are null when the call's roles are uncertain: left out, not guessed.
     talk_ratio: Optional[float] = None
-    longest_monologue_s: float = 0.0
-    manager_questions: int = 0
-    interruptions: int = 0
+    longest_monologue_s: Optional[float] = 0.0
+    manager_questions: Optional[int] = 0
+    interruptions: Optional[int] = 0
     silence_share: Optional[float] = None
 
 

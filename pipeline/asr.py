@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import importlib.util
+import logging
 import os
 import re
 import time
@@ -47,6 +48,8 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 
 from pipeline.audio import SAMPLE_RATE
+
+log = logging.getLogger("callqa.asr")
 
 ENGINES = ("faster-whisper", "openai-whisper")
 Progress = Callable[[float, float], None]  # (seconds done, seconds total)
@@ -128,6 +131,10 @@ class ChannelResult:
     audio_s: float
     wall_s: float
     speech_s: float = 0.0  # what the VAD kept (the whole channel without VAD)
+    speakers: Optional[list[str]] = None  # per turn, where the voices were told apart (pipeline.diarize)
+    voices: Optional[list[int]] = None
+    roles: Optional[dict] = None          # models.events.Roles fields
+    diarize_s: float = 0.0                # of wall_s, the time telling the voices apart
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -232,11 +239,33 @@ def resolve_openai_checkpoint(name: str, allow_download: bool = False) -> str:
                  Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper" / f"{name}.pt"):
         if cand.is_file():
             return str(cand)
+    if name in ("base", "tiny.en"):  # the installed CTranslate2 weights, converted once
+        return str(prepare_openai_checkpoint(name))
     if allow_download:
         return name
     raise ModelNotFound(f"no openai-whisper checkpoint for {name!r}: pass a .pt path (CALLQA_ASR_MODEL=/path/base.pt), "
                         f"put one at {_cache_root() / f'openai-{name}.pt'}, or allow the hub with "
                         "CALLQA_ASR_ALLOW_DOWNLOAD=1")
+
+
+def prepare_openai_checkpoint(name: str = "base", progress: Optional[Callable[[str], None]] = None,
+                              force: bool = False) -> Path:
+    """``<cache>/openai-<name>.pt`` made from the installed CTranslate2 weights of ``name`` (once; about 10 s
+    for base). ``callqa models prepare`` runs it ahead; the engine runs it on first use."""
+    from pipeline.whisper_convert import ConversionError, write_checkpoint
+
+    out = _cache_root() / f"openai-{name}.pt"
+    if out.is_file() and not force:
+        return out
+    say = progress or (lambda m: log.info("openai-whisper checkpoint: %s", m))
+    say(f"making {out} from the installed {name} weights (once)")
+    try:
+        return write_checkpoint(resolve_model(name), out, say)
+    except ImportError as e:
+        raise EngineUnavailable(f"making the openai-whisper checkpoint needs torch ({e}): "
+                                "pip install 'callqa[openai]'") from None
+    except ConversionError as e:
+        raise ModelNotFound(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- VAD with the pauses kept
@@ -798,6 +827,10 @@ class OpenAIWhisperEngine(BaseEngine):
         self.checkpoint = resolve_openai_checkpoint(opts.model, opts.allow_download)
         self.model = whisper.load_model(self.checkpoint, device=opts.device,
                                         download_root=str(_cache_root() / "openai-hub"))
+        if Path(self.checkpoint).is_file():  # a converted checkpoint carries the heads that time the words
+            heads = torch.load(self.checkpoint, map_location="cpu", weights_only=False).get("alignment_heads_b85")
+            if heads:
+                self.model.set_alignment_heads(heads)
         self.fp16 = opts.compute_type == "float16"
 
     def decode(self, audio, language, opts, progress=None):
@@ -843,22 +876,30 @@ def load_engine(opts: AsrOptions) -> float:
 
 
 def transcribe_channel(path: str, channel: Optional[int], language: Optional[str], opts: AsrOptions,
-                       max_audio_s: Optional[float] = None, progress: Optional[Progress] = None) -> ChannelResult:
+                       max_audio_s: Optional[float] = None, progress: Optional[Progress] = None,
+                       diarize: Optional[dict] = None) -> ChannelResult:
     """Decode one channel of a file and transcribe it. Runs in a worker process."""
-    return transcribe_call(path, [channel], language, opts, max_audio_s, progress)[0]
+    return transcribe_call(path, [channel], language, opts, max_audio_s, progress, diarize)[0]
 
 
 def transcribe_call(path: str, channels: list[Optional[int]], language: Optional[str], opts: AsrOptions,
-                    max_audio_s: Optional[float] = None, progress: Optional[Progress] = None) -> list[ChannelResult]:
+                    max_audio_s: Optional[float] = None, progress: Optional[Progress] = None,
+                    diarize: Optional[dict] = None) -> list[ChannelResult]:
     """Decode a file once and transcribe the given channels (``None``: the file as mono) together: in batched
-    mode their chunks share batches. Runs in a worker process."""
+    mode their chunks share batches. With ``diarize`` (the keyword arguments of pipeline.diarize.attribute)
+    a single stream's voices are told apart and given roles. Runs in a worker process."""
     from pipeline.audio import decode_channels
 
     t0 = time.perf_counter()
     decoded = decode_channels(Path(path), max_audio_s)
     streams = [decoded[c if c is not None and len(decoded) > 1 else 0] for c in channels]
     del decoded  # the channels not asked for
-    return transcribe_arrays(streams, language, opts, progress, t0=t0, mono=channels == [None])
+    results = transcribe_arrays(streams, language, opts, progress, t0=t0,
+                                mono=channels == [None] or diarize is not None)
+    if diarize is not None and len(streams) == 1:
+        from pipeline.diarize import attribute
+        results = [attribute(streams[0], results[0], **diarize)]
+    return results
 
 
 def transcribe_array(audio: np.ndarray, language: Optional[str], opts: AsrOptions,

@@ -87,22 +87,14 @@ def db_url(request, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def openai_checkpoint(shared_dir) -> Path:
-    """An openai-whisper checkpoint of the base model, rebuilt once from the CTranslate2 weights
-    (../shared/tools/ct2_to_openai.py) and cached under ~/.cache/callqa/models."""
+def openai_checkpoint() -> Path:
+    """The openai-whisper checkpoint of the base model, made by the product from the installed CTranslate2
+    weights (pipeline.asr.prepare_openai_checkpoint, as `callqa models prepare` does)."""
     import importlib.util
-    import subprocess
 
     missing = [m for m in ("torch", "whisper") if importlib.util.find_spec(m) is None]
     if missing:
         pytest.fail(f"the openai-whisper engine tests need {', '.join(missing)}: pip install -e '.[openai]' "
                     "(torch first; see README)")
-    from pipeline.asr import _cache_root, resolve_model
-    target = _cache_root() / "openai-base-fp32.pt"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".tmp{os.getpid()}.pt")
-        subprocess.run([sys.executable, str(shared_dir / "tools" / "ct2_to_openai.py"), str(resolve_model("base")),
-                        str(tmp), "--fp32"], check=True, capture_output=True)
-        tmp.rename(target)
-    return target
+    from pipeline.asr import prepare_openai_checkpoint
+    return prepare_openai_checkpoint("base")

@@ -194,8 +194,16 @@ def test_plan_channels_and_merge_semantics():
     assert plan_channels(ev, stereo) == [ChannelJob(0, "client"), ChannelJob(1, "manager")]
     mono_ev = ev.model_copy(update={"channels": ev.channels.model_copy(update={"layout": "mono",
                                                                                 "manager_channel": None})})
-    assert plan_channels(mono_ev, stereo) == [ChannelJob(None, "unknown")]
-    assert plan_channels(ev, AudioInfo(1, 10, 8000, "x")) == [ChannelJob(None, "unknown")]
+    assert plan_channels(mono_ev, stereo) == [ChannelJob(None, "unknown", diarize=True)]
+    assert plan_channels(ev, AudioInfo(1, 10, 8000, "x")) == [ChannelJob(None, "unknown", diarize=True)]
+    assert plan_channels(ev, AudioInfo(1, 10, 8000, "x"), diarize=False) == [ChannelJob(None, "unknown")]
+    # what the audio shows wins over the event: the same call on both channels is read once
+    from pipeline.channels import ChannelAnalysis
+    assert plan_channels(ev, stereo, ChannelAnalysis("duplicate", 0.99, 0.99)) == [ChannelJob(0, "unknown", True)]
+    assert plan_channels(ev, stereo, ChannelAnalysis("one_channel", active_channel=1)) == [
+        ChannelJob(1, "unknown", True)]
+    assert plan_channels(ev, stereo, ChannelAnalysis("stereo", 0.0, 0.1)) == [
+        ChannelJob(0, "client"), ChannelJob(1, "manager")]
 
     def turn(a, b, text):
         return Turn(a, b, text, -0.2, [WordT(a, b, " " + text, 0.9)])

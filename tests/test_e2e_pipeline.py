@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 def worker(kafka_bootstrap, shared_dir, tmp_path_factory):
     home = tmp_path_factory.mktemp("worker")
     (home / "bad").mkdir()
-    w = WorkerProcess(kafka_bootstrap, home, [shared_dir / "audio", home / "bad"]).start()
+    (home / "calls").mkdir()
+    w = WorkerProcess(kafka_bootstrap, home, [shared_dir / "audio", home / "bad", home / "calls"]).start()
     yield w
     w.stop()
 
@@ -89,6 +90,43 @@ def test_stereo_calls_transcribed_tagged_and_counted(worker, publisher, shared_d
     assert stats[("mgr-ru", "closing")].share == 1.0
 
 
+def test_same_audio_stereo_call_is_read_once_with_roles(worker, publisher, shared_dir):
+    """A PBX export with the mixed call on both channels, published as an ordinary (stereo) event: the
+    worker reads it once, tells the voices apart, finds the manager, and the steps count for them."""
+    from tests import speaker_refs as refs
+    from tests.test_speakers import _stereo_copy
+
+    src = shared_dir / "audio" / "synthetic" / "synth_call_en_8k_mono.wav"
+    dup = _stereo_copy(src, worker.home / "calls" / "dup.wav", "wav")
+    ev = CallRecorded(call_id="dup-en-1", source="generic", manager_id="mgr-dup", team_id="team-test",
+                      language="en", recording_url=dup.as_uri(),
+                      started_at=datetime(2026, 11, 3, 10, 0, tzinfo=timezone.utc))
+    publisher.publish(ev)
+    row = worker.wait_for_calls([ev.call_id])[ev.call_id]
+    assert row.status == "tagged", row.error
+    assert row.event["channels"]["detected"] == "duplicate"
+    assert row.event["roles"]["method"] == "diarization" and not row.event["roles"]["uncertain"]
+    assert row.metrics["talk_ratio"] is not None
+    with worker.sessions() as s:
+        segs = s.scalars(select(SegmentRow).where(SegmentRow.call_id == ev.call_id).order_by(SegmentRow.idx)).all()
+        steps = {cs.step: cs for cs in s.scalars(select(CallStep).where(CallStep.call_id == ev.call_id))}
+    for a, b in zip(segs, segs[1:]):
+        assert b.start >= a.end - 0.05, (a.text, b.text)  # nothing transcribed twice
+    acc = refs.role_accuracy(refs.synthetic(shared_dir, "en"), [(x.start, x.end, x.speaker) for x in segs])
+    assert acc["of_covered"] >= 0.9, acc
+    assert steps["greeting"].present and steps["needs_discovery"].present and steps["closing"].present
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with worker.sessions() as s:
+            stat = s.scalar(select(ManagerStageStat).where(ManagerStageStat.manager_id == "mgr-dup",
+                                                           ManagerStageStat.period == "all",
+                                                           ManagerStageStat.step == "needs_discovery"))
+        if stat is not None:
+            break
+        time.sleep(0.5)
+    assert stat is not None and stat.calls == 1 and stat.occurred == 1
+
+
 def test_replayed_event_is_stored_once(worker, publisher, shared_dir):
     ev = synth_event(shared_dir, "en", "synth-en-replay", "mgr-replay")
     publisher.publish(ev)
@@ -128,7 +166,11 @@ def test_bad_events_go_to_dlq_and_the_worker_goes_on(worker, publisher, shared_d
     assert rows["outside-dir-1"].status == "failed" and "outside the allowed" in rows["outside-dir-1"].error
     with worker.sessions() as s:
         segs = s.scalars(select(SegmentRow).where(SegmentRow.call_id == "jfk-after-bad")).all()
-        assert {x.speaker for x in segs} == {"unknown"}  # mono: no channel to tell who spoke
+        # mono: the voices are told apart; one man's speech is no conversation, so its roles are not trusted
+        roles = rows["jfk-after-bad"].event["roles"]
+        assert roles["method"] == "diarization" and (roles["voices"] == 1 or roles["uncertain"]), roles
+        if roles["uncertain"]:
+            assert rows["jfk-after-bad"].metrics["talk_ratio"] is None
         assert "country" in " ".join(x.text for x in segs).lower()
 
     letters = [DeadLetter.model_validate_json(m.value) for m in consume_all(kafka_bootstrap, worker.topics["dlq"])]

@@ -141,3 +141,19 @@ def test_rules_page_shows_the_state(tmp_path):
     (d / "flags.yaml").write_text("flags: {long_monologue: {max_s: soon}}\n")
     r = c.get("/rules")
     assert "Not valid" in r.text and "long_monologue.max_s" in r.text
+
+
+def test_call_page_says_how_the_speakers_were_told_apart(client):
+    from tests.test_report import call
+
+    with client.app_state["sessions"].begin() as db:
+        ev = call("m1", "anna", team="north")
+        ev = ev.model_copy(update={
+            "channels": ev.channels.model_copy(update={"detected": "duplicate", "envelope_correlation": 0.97}),
+            "roles": {"method": "diarization", "voices": 2, "confidence": 0.62, "uncertain": True}})
+        store_tagged(db, ev)
+    r = client.get("/calls/m1")
+    assert r.status_code == 200
+    text = re.sub(r"\s+", " ", r.text)
+    assert "the same audio on both channels (read once, as mono)" in text and "0.97" in text
+    assert "2 voice(s) told apart; manager found with confidence 0.62" in text and "uncertain" in text

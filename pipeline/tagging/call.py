@@ -59,16 +59,18 @@ def _resolve_language(language: Optional[str], segments: list[Segment]) -> str:
 
 
 def tag_call(segments: list[Segment], language: str, duration_s: float | None = None,
-             rules: Rules | None = None, model=None) -> Tagging:
+             rules: Rules | None = None, model=None, speakers_reliable: bool = True) -> Tagging:
     """Tag a transcribed call: per-segment steps, step verdicts, objections, metrics, flags.
 
     With a learned ``model`` (learned.StepModel) the model decides each segment's step, with the rules'
-    cues among its inputs; without one the rules decide alone."""
-    return tag_call_detailed(segments, language, duration_s, rules, model)[0]
+    cues among its inputs; without one the rules decide alone. ``speakers_reliable=False`` (roles told
+    apart by voice with low confidence) leaves the speaker-dependent metrics and flags out."""
+    return tag_call_detailed(segments, language, duration_s, rules, model, speakers_reliable)[0]
 
 
 def tag_call_detailed(segments: list[Segment], language: str, duration_s: float | None = None,
-                      rules: Rules | None = None, model=None) -> tuple[Tagging, list[SegTag]]:
+                      rules: Rules | None = None, model=None,
+                      speakers_reliable: bool = True) -> tuple[Tagging, list[SegTag]]:
     """tag_call plus the per-segment working (cue hits, context rules fired, the model's view)."""
     rules = rules or default_rules()
     lang = _resolve_language(language, segments)
@@ -194,7 +196,7 @@ def tag_call_detailed(segments: list[Segment], language: str, duration_s: float 
             furthest = st
 
     duration = duration_s if duration_s else max((s.end for s in segs), default=0.0)
-    metrics = compute_metrics(segs, manager_questions, duration_s, cfg)
+    metrics = compute_metrics(segs, manager_questions, duration_s, cfg, speakers_reliable)
     flags = compute_flags(segments=segs, metrics=metrics, steps=steps, objections=objections,
                           duration_s=duration, cfg=cfg, language=lang)
     return Tagging(utterance_tags=utterance_tags, steps=steps, furthest_step=furthest,

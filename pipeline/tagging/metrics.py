@@ -62,7 +62,7 @@ def interruptions(segments: list[Segment], min_overlap_s: float) -> int:
 
 
 def compute_metrics(segments: list[Segment], manager_questions: int, duration_s: Optional[float],
-                    cfg: FlagsConfig) -> Metrics:
+                    cfg: FlagsConfig, speakers_reliable: bool = True) -> Metrics:
     man = sum(max(0.0, s.end - s.start) for s in segments if s.speaker == "manager")
     cli = sum(max(0.0, s.end - s.start) for s in segments if s.speaker == "client")
     talk_ratio = round(man / (man + cli), 4) if man + cli > 0 else None
@@ -73,6 +73,9 @@ def compute_metrics(segments: list[Segment], manager_questions: int, duration_s:
     if dur and dur > 0:
         speech = _union_length([(max(0.0, s.start), min(dur, s.end)) for s in segments])
         silence = round(max(0.0, dur - speech) / dur, 4)
+    if not speakers_reliable:
+        return Metrics(talk_ratio=None, longest_monologue_s=None, manager_questions=None, interruptions=None,
+                       silence_share=silence)
     return Metrics(
         talk_ratio=talk_ratio,
         longest_monologue_s=round(longest, 3),
@@ -108,7 +111,7 @@ def compute_flags(*, segments: list[Segment], metrics: Metrics, steps: dict, obj
                           detail=(f"Звонок {duration_s:.0f} с без попытки договориться о следующем шаге" if ru
                                   else f"{duration_s:.0f} s call without a closing attempt (no concrete next step)"),
                           at=None))
-    if f.long_monologue.enabled:
+    if f.long_monologue.enabled and metrics.longest_monologue_s is not None:
         for s, e in monologues(segments, cfg.metrics.monologue_gap_s):
             if e - s > f.long_monologue.max_s:
                 flags.append(Flag(code="long_monologue",

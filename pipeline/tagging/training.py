@@ -80,13 +80,13 @@ def gold(d: dict) -> np.ndarray:
 
 
 def fit_softmax(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = 0.1, iters: int = 400,
-                lr: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                lr: float = 0.05, seed: int = 0, k: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Weighted multinomial logistic regression, full batch, Adam. Returns weights, bias, mean, scale."""
     mean = x.mean(axis=0)
     scale = x.std(axis=0) + 1e-3
     xs = (x - mean) / scale
     n, d = xs.shape
-    k = len(CLASSES)
+    k = k or len(CLASSES)
     rng = np.random.default_rng(seed)
     W = rng.normal(0, 0.01, (d, k)).astype(np.float32)
     b = np.zeros(k, np.float32)
