@@ -216,6 +216,7 @@ def cmd_retag(args, s: Settings) -> int:
     from models.events import CallTagged
     from models.tables import Call
     from pipeline.tagging import RulesError, load_rules
+    from pipeline.corrections import current_corrections, overrides_for
     from pipeline.tagging.retag import retag
     from pipeline.tagging.learned import ModelError
     try:
@@ -238,9 +239,10 @@ def cmd_retag(args, s: Settings) -> int:
     changed = []
     with session_factory(s.db_url, must_exist=True)() as session:
         calls = session.scalars(q.order_by(Call.started_at)).all()
+        corrections = current_corrections(session, [c.call_id for c in calls])
         for c in calls:
             old = CallTagged.model_validate(c.event)
-            new = retag(old, rules, model)
+            new = retag(old, rules, model, overrides_for(old, corrections.get(c.call_id, [])))
             diff = []
             if old.furthest_step != new.furthest_step:
                 diff.append(f"furthest {old.furthest_step} -> {new.furthest_step}")
@@ -333,7 +335,10 @@ def cmd_train(args, s: Settings) -> int:
         current = _model(s, "learned")
     except ModelError:
         current = None
-    model = train(corpus, rules, log=lambda m: print(m, flush=True))
+    extra = [] if args.no_corrections else _stored_corrections(s)
+    if extra:
+        print(f"plus {len(extra)} call(s) corrected by people (stored corrections), in the train split")
+    model = train(corpus, rules, extra=extra, log=lambda m: print(m, flush=True))
     model.meta.update(version=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"), corpus=str(path),
                       corpus_dialogues=len(corpus))
     if test:
@@ -350,6 +355,17 @@ def cmd_train(args, s: Settings) -> int:
     model.save(target)
     print(f"installed {target}" if not args.output else f"wrote {target}")
     return 0
+
+
+def _stored_corrections(s: Settings) -> list[dict]:
+    """The corrected calls as training dialogues; none when there is no database yet."""
+    from models.db import DatabaseError, session_factory
+    from pipeline.corrections import corrected_dialogues
+    try:
+        with session_factory(s.db_url, must_exist=True)() as session:
+            return corrected_dialogues(session)
+    except DatabaseError:
+        return []
 
 
 def cmd_tag(args, s: Settings) -> int:
@@ -721,12 +737,15 @@ def build_parser() -> argparse.ArgumentParser:
                                       "no worse on the blind test split",
                         description="Trains on the corpus's train split, chooses decoding settings on dev, scores "
                                     "the installed and the new model on the test split (never trained or tuned on), "
-                                    "and installs the new one in CALLQA_HOME/models unless it scores worse. A "
+                                    "and installs the new one in CALLQA_HOME/models unless it scores worse. The "
+                                    "calls people corrected on the call page join the train split. A "
                                     "running worker picks it up within seconds.")
     tr.add_argument("--corpus", help="labelled dialogues (JSONL with a split per dialogue; default: corpus/ of "
                                      "the checkout)")
     tr.add_argument("--output", help="write the model here instead of installing it")
     tr.add_argument("--force", action="store_true", help="install even if it scores worse than the current model")
+    tr.add_argument("--no-corrections", action="store_true",
+                    help="leave out the calls people corrected on the call page (stored in the database)")
     tr.set_defaults(fn=cmd_train)
 
     t = sub.add_parser("tag", help="tag text dialogues from a JSONL file (with the rules in CALLQA_RULES_DIR)",

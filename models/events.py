@@ -127,6 +127,7 @@ class UtteranceTag(_Event):
     # the learned tagger's probability of its step (of no step, when step is null); None from the rules
     prob: Optional[float] = None
     uncertain: bool = False  # prob under the model's threshold: shown, but not counted in statistics
+    corrected_by: Optional[str] = None  # the step is a person's correction (pipeline.corrections)
 
 
 class StepResult(_Event):

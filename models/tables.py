@@ -162,6 +162,26 @@ class Review(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Correction(Base):
+    """A head's or trainer's correction of one tag of a call: a segment's step, or the kind or the
+    answered/unanswered of the objection a segment raised. ``text`` is the segment as it read when
+    corrected: after a new transcription the correction applies only where the text is still the same.
+    Rows are never overwritten: a newer correction of the same thing makes the older not current."""
+
+    __tablename__ = "corrections"
+    __table_args__ = (Index("ix_corrections_target", "call_id", "segment", "field"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.call_id", ondelete="CASCADE"), index=True)
+    segment: Mapped[int] = mapped_column(Integer)
+    field: Mapped[str] = mapped_column(String(32))  # step | objection_kind | objection_answered
+    value: Mapped[Optional[str]] = mapped_column(String(64))  # a step, a kind, "yes"/"no"; null: no step
+    previous: Mapped[Optional[str]] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    current: Mapped[bool] = mapped_column(Boolean, default=True)
+    username: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ManagerStageStat(Base):
     """Per manager, team, step and period ("all", "week:2026-W48", "month:2026-11"): the SQL mirror of
     the worker's live statistics table; a replayed call replaces its contribution, never adds twice.

@@ -276,7 +276,7 @@ class Access:
 
 PERMISSIONS = {
     "admin": {"managers", "flagged", "review", "coaching", "rules", "users", "calls"},
-    "head": {"managers", "flagged", "review", "coaching", "rules", "calls"},
+    "head": {"managers", "flagged", "review", "coaching", "rules", "calls", "correct"},
     "trainer": {"managers", "flagged", "coaching", "rules", "calls", "correct"},
     "manager": {"managers", "coaching", "calls"},
 }

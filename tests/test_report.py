@@ -36,7 +36,9 @@ def call(cid: str, manager: str, *, objections=(), flags=(), day=0, lead_min=Non
         "segments": sorted(segs, key=lambda s: s["start"]),
         "steps": {s: {"present": True, "quality": "weak" if s == "objection_handling" and any(
             not a for _, a, _ in objections) else "good"} for s in STEPS if s != "objection_handling" or objections},
-        "objections": [{"text": f"objection {k}", "kind": k, "answered": a, "at": at} for k, a, at in objections],
+        "objections": [{"text": f"objection {k}", "kind": k, "answered": a, "at": at,
+                        "segment": next(i for i, sg in enumerate(sorted(segs, key=lambda x: x["start"]))
+                                        if sg["start"] == at)} for k, a, at in objections],
         "flags": [{"code": c, "detail": f"{c} detail", "at": 12.5} for c in flags],
     })
 

@@ -27,14 +27,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from config.settings import Settings, business_tz
 from models.db import session_factory
 from models.events import STEPS, CallTagged
-from models.tables import Call, FlagRow, ObjectionRow, SegmentRow, User
+from models.tables import Call, Correction, FlagRow, ObjectionRow, SegmentRow, User
 from pipeline import accounts
+from pipeline.corrections import CorrectionError, current_corrections, record_correction
 from pipeline import queries as qr
 from pipeline.accounts import Access
 from pipeline.store import current_reviews, record_review, review_of
 from pipeline.tagging import LiveRules, RulesError
 from pipeline.tagging.explain import explain_stored
 from pipeline.tagging.rules import rules_state
+from pipeline.tagging.schema import OBJECTION_KINDS
 from pipeline.tagging.tagger import CONTEXT_RULES
 from web import api_models as am
 from web import charts
@@ -286,8 +288,11 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                                .order_by(Call.started_at.desc()).limit(200)).all()
             flagged = [f for f in qr.flagged_rows(db, sc) if f["manager_id"] == manager_id]
             trend = qr.weekly_trend(db, sc, manager_id, s.min_calls_for_rank)
+        # the learned tagger's turns under its probability threshold, on the calls listed
+        model_tags = [u for c in calls for u in (c.event or {}).get("utterance_tags") or [] if u.get("prob") is not None]
+        uncertain = (sum(bool(u.get("uncertain")) for u in model_tags), len(model_tags))
         L = who.labels
-        return page(request, who, "manager.html", m=rows[0], calls=calls, flagged=flagged,
+        return page(request, who, "manager.html", m=rows[0], calls=calls, flagged=flagged, uncertain=uncertain,
                     steps_chart=charts.steps_vs_team(rows[0]["steps"], L.step, L.t("Steps against the team"),
                                                      L.t("this manager"), L.t("team")),
                     trend_chart=charts.weekly_trend(trend, list(STEPS), L.step, L.t("Weekly trend")))
@@ -318,6 +323,22 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             raise HTTPException(400, str(e)) from None
         return RedirectResponse(local_path(next, "/flagged"), status_code=303)
 
+    @app.post("/calls/{call_id}/corrections", include_in_schema=False)
+    def correct(call_id: str, segment: int = Form(...), field: str = Form(...), value: str = Form(""),
+                next: str = Form(""), csrf_token: str = Form(""), who: Me = Depends(me)):
+        check_csrf(who, csrf_token)
+        back = f"/calls/{urllib.parse.quote(call_id)}"
+        try:
+            with sessions.begin() as db:
+                visible_call(db, who, call_id)
+                who.need("correct")
+                row = record_correction(db, call_id, segment, field, value or None, who.user.username)
+                accounts.audit(db, db.get(User, who.user.id), "correction", call_id, segment=segment, field=field,
+                               value=row.value, previous=row.previous, correction_id=row.id)
+        except CorrectionError as e:
+            raise HTTPException(400, str(e)) from None
+        return RedirectResponse(local_path(next, back) + f"#seg-{segment}", status_code=303)
+
     @app.get("/calls/{call_id}", response_class=HTMLResponse, include_in_schema=False)
     def call(request: Request, call_id: str, who: Me = Depends(me)):
         with sessions() as db:
@@ -329,6 +350,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             steps = (c.event or {}).get("steps", {})
             current = current_reviews(db, [call_id])
             reviews = {f.idx: review_of(current, f) for f in flags}
+            fixes: dict[tuple[int, str], Correction] = {
+                (x.segment, x.field): x for x in current_corrections(db, [call_id]).get(call_id, [])}
+        obj_segments = [o.get("segment") for o in (c.event or {}).get("objections") or []]
         # the learned tagger's view of each turn, where it tagged the call (None from the rules)
         model = {u["segment"]: u for u in (c.event or {}).get("utterance_tags") or [] if u.get("prob") is not None}
         rules, rules_problem = current_rules()
@@ -343,7 +367,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                 explain_note = f"This call cannot be explained: {e}"
         return page(request, who, "call.html", c=c, segs=segs, flags=flags, objs=objs, call_steps=steps,
                     reviews=reviews, audio=_local_audio(c.recording_url, s) is not None, why=why, model=model,
-                    explain_note=explain_note, rules_source=str(rules.source) if rules else "")
+                    explain_note=explain_note, rules_source=str(rules.source) if rules else "",
+                    fixes=fixes, obj_segments=obj_segments, kinds=OBJECTION_KINDS)
 
     @app.get("/rules", response_class=HTMLResponse, include_in_schema=False)
     def rules_page(request: Request, who: Me = Depends(me)):

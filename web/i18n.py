@@ -65,7 +65,12 @@ TEXT = {"ru": {
     "Not found": "Не найдено", "Cannot do that": "Нельзя", "Error": "Ошибка", "to review": "проверить",
     "Steps against the team": "Этапы в сравнении с командой", "Weekly trend": "Динамика по неделям",
     "Step funnel of the team": "Воронка этапов команды", "Language": "Язык", "no team": "без команды",
-    "Channels": "Каналы", "one party per channel": "по собеседнику на канал",
+    "Uncertain steps": "Неуверенные этапы",
+    "turns the learned tagger tagged on these calls (probability under its threshold); a trainer can correct them on the call page":
+        "реплик, размеченных моделью в этих звонках (вероятность ниже порога); тренер может исправить их на странице звонка",
+    "corrected by": "исправил", "Correct": "Исправить", "no step": "без этапа", "Step": "Этап",
+    "Objection kind": "Тип возражения", "mark answered": "отметить: отработано",
+    "mark not answered": "отметить: не отработано", "Channels": "Каналы", "one party per channel": "по собеседнику на канал",
     "the same audio on both channels (read once, as mono)": "одна и та же запись в обоих каналах (прочитана один раз, как моно)",
     "one channel silent (the other read as mono)": "один канал пуст (другой прочитан как моно)", "mono": "моно",
     "envelope correlation": "корреляция огибающих", "Speakers": "Говорящие",

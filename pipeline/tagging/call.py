@@ -1,6 +1,7 @@
 """Per-call assembly: utterance tags, step verdicts, objections, metrics and flags."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional
 
 from models.events import STEPS, Objection, Segment, StepResult, Tagging, UtteranceTag
@@ -58,19 +59,47 @@ def _resolve_language(language: Optional[str], segments: list[Segment]) -> str:
     return detect_language(s.text for s in segments)
 
 
+@dataclass
+class Overrides:
+    """What people corrected on a call (pipeline.corrections): a segment's step (None: no step), and the
+    kind or answered of the objection a segment raised. They win over the rules and the model."""
+    steps: dict[int, Optional[str]] = field(default_factory=dict)
+    objection_kinds: dict[int, str] = field(default_factory=dict)
+    objection_answered: dict[int, bool] = field(default_factory=dict)
+    by: dict[int, str] = field(default_factory=dict)  # segment -> who corrected it (last)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps or self.objection_kinds or self.objection_answered)
+
+
+def _apply_step_overrides(tags: list[SegTag], speakers: list[str], ov: Overrides) -> None:
+    for i, step in ov.steps.items():
+        if not 0 <= i < len(tags):
+            continue
+        tg = tags[i]
+        tg.step, tg.steps = step, [step] if step else []
+        tg.evidence = f"corrected by {ov.by.get(i, 'a reviewer')}"
+        tg.null_reason = None if step else "corrected: no step"
+        if step != "objection_handling":
+            tg.objection_kind = None  # not an objection after all
+        elif speakers[i] != "manager" and not tg.objection_kind:
+            tg.objection_kind = ov.objection_kinds.get(i, "other")
+
+
 def tag_call(segments: list[Segment], language: str, duration_s: float | None = None,
-             rules: Rules | None = None, model=None, speakers_reliable: bool = True) -> Tagging:
+             rules: Rules | None = None, model=None, speakers_reliable: bool = True,
+             overrides: Optional[Overrides] = None) -> Tagging:
     """Tag a transcribed call: per-segment steps, step verdicts, objections, metrics, flags.
 
     With a learned ``model`` (learned.StepModel) the model decides each segment's step, with the rules'
     cues among its inputs; without one the rules decide alone. ``speakers_reliable=False`` (roles told
     apart by voice with low confidence) leaves the speaker-dependent metrics and flags out."""
-    return tag_call_detailed(segments, language, duration_s, rules, model, speakers_reliable)[0]
+    return tag_call_detailed(segments, language, duration_s, rules, model, speakers_reliable, overrides)[0]
 
 
 def tag_call_detailed(segments: list[Segment], language: str, duration_s: float | None = None,
-                      rules: Rules | None = None, model=None,
-                      speakers_reliable: bool = True) -> tuple[Tagging, list[SegTag]]:
+                      rules: Rules | None = None, model=None, speakers_reliable: bool = True,
+                      overrides: Optional[Overrides] = None) -> tuple[Tagging, list[SegTag]]:
     """tag_call plus the per-segment working (cue hits, context rules fired, the model's view)."""
     rules = rules or default_rules()
     lang = _resolve_language(language, segments)
@@ -84,11 +113,14 @@ def tag_call_detailed(segments: list[Segment], language: str, duration_s: float 
     if model is not None:
         from .learned import apply
         apply(model, tags, texts, speakers, lang)
+    ov = overrides or Overrides()
+    _apply_step_overrides(tags, speakers, ov)
 
     utterance_tags = [
         UtteranceTag(segment=i, step=tg.step, steps=tg.steps, evidence=tg.evidence,
-                     prob=round(tg.model.prob, 3) if tg.model else None,
-                     uncertain=bool(tg.model and tg.model.uncertain))
+                     prob=round(tg.model.prob, 3) if tg.model and i not in ov.steps else None,
+                     uncertain=bool(tg.model and tg.model.uncertain) and i not in ov.steps,
+                     corrected_by=ov.by.get(i) if i in ov.steps else None)
         for i, tg in enumerate(tags)
     ]
 
@@ -104,6 +136,8 @@ def tag_call_detailed(segments: list[Segment], language: str, duration_s: float 
     objections: list[Objection] = []
 
     def objects(k: int) -> bool:
+        if k in ov.steps:
+            return bool(tags[k].objection_kind)
         if model is None:
             return bool(tags[k].objection_kind)
         # the model's objection turns said by the client (or, speakers unknown, with an objection cue)
@@ -123,7 +157,8 @@ def tag_call_detailed(segments: list[Segment], language: str, duration_s: float 
                     answer_idx = j
                 break
         objections.append(Objection(
-            text=segs[i].text.strip(), kind=tg.objection_kind or "other", answered=answer_idx is not None,
+            text=segs[i].text.strip(), kind=ov.objection_kinds.get(i, tg.objection_kind or "other"),
+            answered=ov.objection_answered.get(i, answer_idx is not None),
             at=segs[i].start, segment=i,
             answer=segs[answer_idx].text.strip() if answer_idx is not None else None,
             evidence=tg.objection_evidence,

@@ -5,16 +5,16 @@ from datetime import datetime, timezone
 
 from models.events import CallTagged, CallTranscribed
 
-from .call import tag_call
+from .call import Overrides, tag_call
 from .rules import Rules
 
 
-def retag(ev: CallTranscribed, rules: Rules, model=None) -> CallTagged:
+def retag(ev: CallTranscribed, rules: Rules, model=None, overrides: Overrides | None = None) -> CallTagged:
     # A stored CallTagged is a CallTranscribed plus tags: drop the old tags, keep the transcript.
     base = CallTranscribed.model_validate(ev.model_dump(exclude=set(CallTagged.model_fields)
                                                         - set(CallTranscribed.model_fields)))
     result = tag_call(base.segments, base.language_detected or base.language, base.duration_s, rules, model,
-                      speakers_reliable=not (base.roles and base.roles.uncertain))
+                      speakers_reliable=not (base.roles and base.roles.uncertain), overrides=overrides)
     # tagged_at orders taggings of one recording: the store keeps the newest
     return CallTagged.model_validate({**base.model_dump(), **result.model_dump(),
                                       "tagged_at": datetime.now(timezone.utc)})
