@@ -20,6 +20,7 @@ from typing import Optional
 
 import faust
 
+from config.kafka_security import KafkaSecurity
 from config.settings import Settings
 from models.events import CallRecorded, CallTagged, CallTranscribed, DeadLetter, StatsUpdate
 
@@ -55,7 +56,8 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         value_serializer="raw",
         key_serializer="raw",
         topic_partitions=s.topic_partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=s.topic_replication,
+        broker_credentials=KafkaSecurity.from_settings(s).faust_credentials(),
         datadir=str(s.home_dir / "faust"),
         web_enabled=False,
         consumer_auto_offset_reset="earliest",

@@ -10,10 +10,12 @@ import base64
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import uuid
+from typing import Optional
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,16 +66,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_broker(bootstrap: str, timeout_s: float = 60.0) -> None:
-    """Block until the broker answers a real metadata request."""
+def wait_for_broker(bootstrap: str, timeout_s: float = 60.0, security: Optional[dict] = None) -> None:
+    """Block until the broker answers a real metadata request (``security``: see client_args)."""
     from kafka import KafkaAdminClient
-    from kafka.errors import KafkaConfigurationError, KafkaError
+    from kafka.errors import KafkaConfigurationError, KafkaError, SaslAuthenticationFailedError
+
+    from config.kafka_security import client_args
+    sec = client_args(security)
 
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, **sec)
             try:
                 admin.list_topics()
                 return
@@ -81,10 +86,16 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 60.0) -> None:
                 admin.close()
         except KafkaConfigurationError:
             raise
+        except (SaslAuthenticationFailedError, ssl.SSLError) as e:  # up, and refusing us: waiting will not help
+            raise BrokerError(f"the Kafka broker at {bootstrap} refused the connection ({type(e).__name__}: {e}); "
+                              "check CALLQA_KAFKA_SECURITY_PROTOCOL, CALLQA_KAFKA_SASL_* and "
+                              "CALLQA_KAFKA_SSL_*") from None
         except (KafkaError, OSError, ValueError) as e:  # not up yet
             last = e
             time.sleep(0.5)
-    raise BrokerError(f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f}s ({last})")
+    hint = ("; a wrong login or certificate looks the same from here: check CALLQA_KAFKA_SASL_* and "
+            "CALLQA_KAFKA_SSL_*") if sec else ""
+    raise BrokerError(f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f}s ({last}){hint}")
 
 
 @dataclass
@@ -96,6 +107,12 @@ class LocalBroker:
     heap: str = "768m"
     port: int = 0
     bootstrap: str = ""
+    # A second listener like a company cluster's: SASL_SSL with SCRAM users, a self-signed certificate
+    # for 127.0.0.1/localhost (its PEM in ``cafile``), at ``secure_bootstrap``. The plain listener stays
+    # for the broker's own traffic.
+    scram_users: dict[str, str] = field(default_factory=dict)
+    secure_bootstrap: str = ""
+    cafile: str = ""
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _own_dir: bool = field(default=False, repr=False)
 
@@ -110,15 +127,20 @@ class LocalBroker:
         self.bootstrap = f"127.0.0.1:{self.port}"
         data = self.workdir / "data"
         props = self.workdir / "server.properties"
+        listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"]
+        secure = self._secure_listener() if self.scram_users else []
+        if secure:
+            listeners.append(f"SECURE://127.0.0.1:{secure[0]}")
         props.write_text("\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{cport}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{cport}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{cport}",
+            f"advertised.listeners={','.join(listeners)}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SECURE:SASL_SSL",
+            *secure[1:],
             f"log.dirs={data}",
             f"num.partitions={self.partitions}",
             "auto.create.topics.enable=true",
@@ -142,8 +164,10 @@ class LocalBroker:
         if not (data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             # "=": a random id may start with "-", which the tool's parser would take for an option
+            scram = [f"--add-scram=SCRAM-SHA-{n}=[name={u},password={p}]"
+                     for u, p in self.scram_users.items() for n in (256, 512)]
             fmt = subprocess.run(jvm + ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-                                        "-c", str(props)], capture_output=True, text=True)
+                                        "-c", str(props), *scram], capture_output=True, text=True)
             if fmt.returncode != 0:
                 raise BrokerError(f"formatting Kafka storage failed: {fmt.stdout}{fmt.stderr}")
         out = open(self.workdir / "broker.out", "ab")
@@ -165,6 +189,31 @@ class LocalBroker:
             self.stop()
             raise
         return self
+
+    def _secure_listener(self) -> list:
+        """[port, server.properties lines] of the SASL_SSL listener; makes its certificate with keytool."""
+        port = free_port()
+        self.secure_bootstrap = f"127.0.0.1:{port}"
+        store, pw = self.workdir / "broker.p12", "callqa-test-store"
+        if not store.exists():
+            subprocess.run(["keytool", "-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048",
+                            "-validity", "3650", "-dname", "CN=localhost", "-ext", "SAN=IP:127.0.0.1,DNS:localhost",
+                            "-keystore", str(store), "-storetype", "PKCS12", "-storepass", pw, "-keypass", pw],
+                           check=True, capture_output=True)
+        ca = self.workdir / "broker-ca.pem"
+        subprocess.run(["keytool", "-exportcert", "-alias", "broker", "-rfc", "-keystore", str(store),
+                        "-storepass", pw, "-file", str(ca)], check=True, capture_output=True)
+        self.cafile = str(ca)
+        jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return [port,
+                "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512",
+                "listener.name.secure.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512",
+                f"listener.name.secure.scram-sha-256.sasl.jaas.config={jaas}",
+                f"listener.name.secure.scram-sha-512.sasl.jaas.config={jaas}",
+                "listener.name.secure.ssl.keystore.type=PKCS12",
+                f"listener.name.secure.ssl.keystore.location={store}",
+                f"listener.name.secure.ssl.keystore.password={pw}",
+                f"listener.name.secure.ssl.key.password={pw}"]
 
     def stop(self, kill: bool = False) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -188,17 +237,20 @@ class LocalBroker:
         self.stop()
 
 
-def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+def ensure_topics(bootstrap: str, names: list[str], partitions: int, replication: int = 1,
+                  security: Optional[dict] = None) -> None:
     """Create the pipeline's topics up front: a worker that subscribes to a topic
     that does not exist yet only notices it at the next metadata refresh (minutes)."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    from config.kafka_security import client_args
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000, **client_args(security))
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+        missing = [NewTopic(n, num_partitions=partitions, replication_factor=replication)
+                   for n in names if n not in existing]
         if missing:
             try:
                 admin.create_topics(missing)

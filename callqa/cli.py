@@ -28,7 +28,7 @@ def cmd_worker(args, s: Settings) -> int:
     try:
         wait_for_broker(s.kafka_bootstrap, timeout_s=30)
         ensure_topics(s.kafka_bootstrap, [s.topic_recorded, s.topic_transcribed, s.topic_tagged, s.topic_dlq,
-                                          s.topic_flagged, s.topic_stored], s.topic_partitions)
+                                          s.topic_flagged, s.topic_stored], s.topic_partitions, s.topic_replication)
     except BrokerError as e:
         return _err(f"{e}. Is the broker running? Check CALLQA_KAFKA_BOOTSTRAP.")
     from faust.worker import Worker

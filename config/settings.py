@@ -24,6 +24,19 @@ class Settings:
     kafka_bootstrap: str = setting(
         "CALLQA_KAFKA_BOOTSTRAP", "", "Kafka bootstrap servers (host:port,...); worker, publish and retag need it "
         "(`callqa broker` runs a local one); only `callqa demo` starts its own broker when it is empty")
+    kafka_security_protocol: str = setting(
+        "CALLQA_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL (a company cluster)")
+    kafka_sasl_mechanism: str = setting(
+        "CALLQA_KAFKA_SASL_MECHANISM", "", "PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512 (with SASL_*)")
+    kafka_sasl_username: str = setting("CALLQA_KAFKA_SASL_USERNAME", "", "SASL user")
+    kafka_sasl_password: str = setting("CALLQA_KAFKA_SASL_PASSWORD", "", "SASL password")
+    kafka_ssl_cafile: str = setting(
+        "CALLQA_KAFKA_SSL_CAFILE", "", "PEM file of the CA that signed the brokers' certificates (empty: the system's)")
+    kafka_ssl_certfile: str = setting(
+        "CALLQA_KAFKA_SSL_CERTFILE", "", "client certificate (PEM), where the brokers ask for one (mutual TLS)")
+    kafka_ssl_keyfile: str = setting("CALLQA_KAFKA_SSL_KEYFILE", "", "the client certificate's private key (PEM)")
+    kafka_ssl_check_hostname: bool = setting(
+        "CALLQA_KAFKA_SSL_CHECK_HOSTNAME", True, "check that the broker's certificate names the host connected to")
     database_url: str = setting(
         "CALLQA_DATABASE_URL", "", "SQLAlchemy URL; empty = SQLite file in CALLQA_HOME")
     app_id: str = setting("CALLQA_APP_ID", "callqa", "Faust app id (consumer group)")
@@ -35,6 +48,8 @@ class Settings:
     topic_stored: str = setting(
         "CALLQA_TOPIC_STORED", "calls.stored", "statistics updates after a store (key: manager_id; internal)")
     topic_partitions: int = setting("CALLQA_TOPIC_PARTITIONS", 4, "partitions of the calls.* topics")
+    topic_replication: int = setting(
+        "CALLQA_TOPIC_REPLICATION", 1, "replication factor of the topics callqa creates (3 on a production cluster)")
     asr_engine: str = setting("CALLQA_ASR_ENGINE", "faster-whisper", "faster-whisper | openai-whisper")
     asr_model: str = setting("CALLQA_ASR_MODEL", "base", "model name or directory")
     asr_compute_type: str = setting("CALLQA_ASR_COMPUTE_TYPE", "int8", "int8 | float32 | float16 (GPU)")
@@ -127,6 +142,8 @@ class Settings:
         business_tz(s.timezone)  # a mistyped zone fails here, with advice, not on the first call
         if s.tagger not in ("learned", "rules"):
             raise ValueError(f"CALLQA_TAGGER={s.tagger!r}: use learned or rules")
+        from config.kafka_security import KafkaSecurity
+        KafkaSecurity.from_settings(s)  # a half-configured cluster login fails here, saying what is missing
         return s
 
     @property
