@@ -47,10 +47,33 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=None) -> faust.App:
+AGENTS = ("transcribe", "tag", "store", "stats", "failures")
+
+
+def parse_agents(text: str) -> frozenset:
+    """``--agents transcribe`` / ``tag,store,stats`` (empty or ``all``: every agent)."""
+    names = {n.strip() for n in (text or "").split(",") if n.strip()}
+    if not names or names == {"all"}:
+        return frozenset(AGENTS)
+    unknown = names - set(AGENTS)
+    if unknown:
+        raise ValueError(f"unknown agent(s) {', '.join(sorted(unknown))}: choose from {', '.join(AGENTS)}")
+    return frozenset(names)
+
+
+def group_id(app_id: str, agents: frozenset) -> str:
+    """The consumer group (and Faust app id) of a worker running ``agents``. Workers of one group must
+    subscribe alike (Kafka refuses a group whose members disagree), so each agent set is a group of its
+    own; the set with the statistics keeps the plain app id, and with it the statistics table's changelog,
+    so moving from one worker to split ones keeps the numbers."""
+    return app_id if "stats" in agents else f"{app_id}-{'+'.join(a for a in AGENTS if a in agents)}"
+
+
+def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=None,
+               agents: frozenset = frozenset(AGENTS)) -> faust.App:
     s = settings or Settings.from_env()
     app = faust.App(
-        s.app_id,
+        group_id(s.app_id, agents),
         broker=f"kafka://{s.kafka_bootstrap or 'localhost:9092'}",
         store="memory://",
         value_serializer="raw",
@@ -83,12 +106,20 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
     # Plain JSON values (no key_type/value_type): Faust would call dict.from_data() during recovery
     # and silently stall it.
     stats_table = app.Table("manager-stats", default=None, partitions=s.topic_partitions,
-                            schema=faust.Schema(key_serializer="json", value_serializer="json"))
+                            schema=faust.Schema(key_serializer="json", value_serializer="json")) \
+        if "stats" in agents else None
 
-    if transcriber is None:
+    def agent(name: str, channel, **kw):
+        """app.agent for the agents this worker runs (``agents``); the others are left to other workers:
+        transcription on GPU machines, the rest on small CPU ones."""
+        if name in agents:
+            return app.agent(channel, **kw)
+        return lambda fn: None
+
+    if transcriber is None and "transcribe" in agents:
         from pipeline.transcribe import CallTranscriber
         transcriber = CallTranscriber(s)
-    if tagger is None:
+    if tagger is None and "tag" in agents:
         from pipeline.tagging import LiveRules
         from pipeline.tagging.retag import retag
         rules = LiveRules(s.rules_dir or None, on_error=log.error, on_info=log.info)
@@ -130,7 +161,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         log.warning("call %s failed at %s: %s", cid or "?", stage, letter.error)
         await dlq.send(key=(cid or "").encode() or None, value=letter.model_dump_json().encode())
 
-    @app.agent(recorded, concurrency=max(1, s.asr_workers))
+    @agent("transcribe", recorded, concurrency=max(1, s.asr_workers))
     async def transcribe(stream):
         async for event in stream.events():
             raw = event.value
@@ -147,7 +178,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                      out.asr.audio_s, out.asr.wall_s)
             await transcribed.send(key=ev.call_id.encode(), value=out.model_dump_json().encode())
 
-    @app.agent(transcribed)
+    @agent("tag", transcribed)
     async def tag(stream):
         async for raw in stream:
             try:
@@ -170,7 +201,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         if done:
             await in_db(outbox_sent, done)
 
-    @app.agent(tagged)
+    @agent("store", tagged)
     async def store(stream):
         from pipeline.store import store_tagged
         async for raw in stream:
@@ -199,7 +230,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                 except Exception:  # kept in the outbox: the timer below sends it
                     log.exception("could not send the outbox of call %s yet", ev.call_id)
 
-    @app.agent(stored)
+    @agent("stats", stored)
     async def manager_stats(stream):
         from pipeline.stats import apply_update
         from pipeline.store import mirror_manager_stats
@@ -227,7 +258,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                         break
                     await asyncio.sleep(0.25 * 2 ** attempt)
 
-    @app.agent(dlq)
+    @agent("failures", dlq)
     async def record_failure(stream):
         from pipeline.store import mark_failed
         async for raw in stream:

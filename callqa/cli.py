@@ -19,6 +19,11 @@ def _err(msg: str) -> int:
 
 
 def cmd_worker(args, s: Settings) -> int:
+    from agents.app import parse_agents
+    try:
+        agents = parse_agents(args.agents or s.worker_agents)
+    except ValueError as e:
+        return _err(f"--agents: {e}")
     if not s.kafka_bootstrap:
         return _err("no Kafka broker: set CALLQA_KAFKA_BOOTSTRAP=host:port "
                     "(or start a local one in another terminal with `callqa broker`)")
@@ -34,7 +39,10 @@ def cmd_worker(args, s: Settings) -> int:
     from faust.worker import Worker
 
     from agents.app import create_app
-    app = create_app(s)
+    app = create_app(s, agents=agents)
+    if len(agents) < 5:
+        print(f"callqa worker: running the agents {', '.join(sorted(agents))}; the others need workers of "
+              "their own", file=sys.stderr)
     Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
     return 0
 
@@ -680,6 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="run the Faust worker (transcribe, tag, store)")
     w.add_argument("--loglevel", default="info")
+    w.add_argument("--agents", help="the agents this worker runs, e.g. transcribe (a GPU machine) or "
+                                    "tag,store,stats,failures (default CALLQA_WORKER_AGENTS: all)")
     w.set_defaults(fn=cmd_worker)
 
     b = sub.add_parser("broker", help="run a local single-node Kafka broker (development)")

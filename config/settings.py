@@ -40,6 +40,9 @@ class Settings:
     database_url: str = setting(
         "CALLQA_DATABASE_URL", "", "SQLAlchemy URL; empty = SQLite file in CALLQA_HOME")
     app_id: str = setting("CALLQA_APP_ID", "callqa", "Faust app id (consumer group)")
+    worker_agents: str = setting(
+        "CALLQA_WORKER_AGENTS", "all", "agents a worker runs: all, or some of transcribe,tag,store,stats,failures "
+        "(`callqa worker --agents`), so transcription can run on GPU machines and the rest on CPU ones")
     topic_recorded: str = setting("CALLQA_TOPIC_RECORDED", "calls.recorded", "input topic")
     topic_transcribed: str = setting("CALLQA_TOPIC_TRANSCRIBED", "calls.transcribed", "after ASR")
     topic_tagged: str = setting("CALLQA_TOPIC_TAGGED", "calls.tagged", "after tagging")
