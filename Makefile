@@ -24,9 +24,19 @@ $(VENV)/bin/python:
 # The base set (dependencies + postgres extra), the no-deps packages, then callqa itself, editable and
 # without resolving anything. `pip check` leaves out nodeps.in's packages: resemblyzer is installed
 # without torch/librosa/webrtcvad on purpose (requirements/lock.py pip-check).
-$(VENV)/.installed: pyproject.toml requirements/nodeps.in requirements/base.lock requirements/nodeps.lock | $(VENV)/bin/python
-	@command -v java >/dev/null || { echo "callqa: java (17+) is needed for the local Kafka broker: apt-get install openjdk-17-jre-headless, or set CALLQA_KAFKA_BOOTSTRAP"; exit 1; }
-	@command -v mvn >/dev/null || { echo "callqa: mvn is needed to fetch the Kafka jars once: apt-get install maven, or set CALLQA_KAFKA_BOOTSTRAP"; exit 1; }
+# Java and Maven run the local Kafka broker (its jars come from Maven Central once). As root on a
+# Debian/Ubuntu machine they are installed here, as .ci/run does; otherwise the message says what to do.
+system-deps:
+	@if [ -z "$$CALLQA_KAFKA_BOOTSTRAP" ] && ! { command -v java >/dev/null && command -v mvn >/dev/null; }; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "callqa: installing Java and Maven for the local Kafka broker (apt-get)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openjdk-17-jre-headless maven; \
+	  fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml requirements/nodeps.in requirements/base.lock requirements/nodeps.lock | $(VENV)/bin/python system-deps
+	@command -v java >/dev/null || [ -n "$$CALLQA_KAFKA_BOOTSTRAP" ] || { echo "callqa: java (17+) is needed for the local Kafka broker: apt-get install openjdk-17-jre-headless, or set CALLQA_KAFKA_BOOTSTRAP"; exit 1; }
+	@command -v mvn >/dev/null || [ -n "$$CALLQA_KAFKA_BOOTSTRAP" ] || { echo "callqa: mvn is needed to fetch the Kafka jars once: apt-get install maven, or set CALLQA_KAFKA_BOOTSTRAP"; exit 1; }
 	@$(PY) requirements/lock.py check
 	$(PIP_LOCKED) -r requirements/base.lock -r requirements/nodeps.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .

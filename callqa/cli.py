@@ -591,6 +591,29 @@ def cmd_demo(args, s: Settings) -> int:
     return run_demo(s, timeout_s=args.timeout)
 
 
+def cmd_db(args, s: Settings) -> int:
+    """``callqa db upgrade``: the schema to the newest migration (the worker and the web do it on start too;
+    run it as its own step before rolling workers in production). ``callqa db current``: where it is."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from models.db import _shown, alembic_config, make_engine, migrate
+    engine = make_engine(s.db_url)
+    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    if args.db_cmd == "upgrade":
+        migrate(engine)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except Exception as e:
+        return _err(f"cannot read the schema revision of {_shown(s.db_url)}: {e}")
+    finally:
+        engine.dispose()
+    state = "up to date" if current == head else f"behind: {head} is the newest (callqa db upgrade)"
+    print(f"{_shown(s.db_url)}: schema revision {current or 'none'} ({state})")
+    return 0
+
+
 def cmd_config(args, s: Settings) -> int:
     secret = ("TOKEN", "SECRET", "SALT", "KEY", "PASSWORD")
     for env, default, help_ in Settings.describe():
@@ -819,6 +842,10 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--model", help="base or tiny.en (default CALLQA_ASR_MODEL)")
     mp.add_argument("--force", action="store_true", help="convert again even if the checkpoint exists")
     mp.set_defaults(fn=cmd_models)
+
+    dbp = sub.add_parser("db", help="the database schema: upgrade to the newest migration, or show where it is")
+    dbp.add_argument("db_cmd", choices=["upgrade", "current"])
+    dbp.set_defaults(fn=cmd_db)
 
     c = sub.add_parser("config", help="list the settings and their environment names")
     c.set_defaults(fn=cmd_config)

@@ -39,6 +39,11 @@ class Settings:
         "CALLQA_KAFKA_SSL_CHECK_HOSTNAME", True, "check that the broker's certificate names the host connected to")
     database_url: str = setting(
         "CALLQA_DATABASE_URL", "", "SQLAlchemy URL; empty = SQLite file in CALLQA_HOME")
+    db_pool_size: int = setting("CALLQA_DB_POOL_SIZE", 5, "PostgreSQL: connections kept open per process")
+    db_max_overflow: int = setting("CALLQA_DB_MAX_OVERFLOW", 10, "PostgreSQL: extra connections under load")
+    db_pool_recycle_s: int = setting(
+        "CALLQA_DB_POOL_RECYCLE_S", 1800, "PostgreSQL: reopen connections older than this (proxies drop idle ones)")
+    db_pool_timeout_s: int = setting("CALLQA_DB_POOL_TIMEOUT_S", 30, "PostgreSQL: wait this long for a free connection")
     app_id: str = setting("CALLQA_APP_ID", "callqa", "Faust app id (consumer group)")
     worker_agents: str = setting(
         "CALLQA_WORKER_AGENTS", "all", "agents a worker runs: all, or some of transcribe,tag,store,stats,failures "

@@ -37,8 +37,14 @@ def make_engine(url: str) -> Engine:
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+    pool = {}
+    if path is None and url.startswith("postgres"):
+        from config.settings import Settings
+        s = Settings.from_env()
+        pool = dict(pool_size=s.db_pool_size, max_overflow=s.db_max_overflow, pool_recycle=s.db_pool_recycle_s,
+                    pool_timeout=s.db_pool_timeout_s)
     try:
-        engine = create_engine(url, future=True, pool_pre_ping=True)
+        engine = create_engine(url, future=True, pool_pre_ping=True, **pool)
     except NoSuchModuleError:
         scheme = url.split("://", 1)[0]
         hint = "postgresql+psycopg://" if scheme.startswith("postgres") else None
