@@ -39,10 +39,12 @@ def _overlap(a: Turn, b: Turn) -> float:
     return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
 
 
-def role_accuracy(ref: list[Turn], hyp: list[Turn]) -> dict:
+def role_accuracy(ref: list[Turn], hyp: list[Turn], collar: float = 0.0) -> dict:
     """Of the reference speech time: the share the transcript gives the right role (``of_speech``), the
     share it covers at all (``coverage``: Whisper's word timing trims turn edges), and the right share of
-    what it covers (``of_covered``: the roles' own accuracy)."""
+    what it covers (``of_covered``: the roles' own accuracy). ``collar`` seconds at each end of a reference
+    turn are not scored (as in the DER convention: where a turn begins and ends is not the question)."""
+    ref = [(s + collar, e - collar, lab) for s, e, lab in ref if e - s > 2 * collar]
     total = sum(e - s for s, e, _ in ref)
     right = covered = 0.0
     for r in ref:

@@ -81,7 +81,8 @@ def opts():
 @pytest.mark.parametrize("name,lang", [("synth_call_en_8k_mono", "en"), ("synth_call_ru_8k_mono", "ru"),
                                        ("callytics_call01_en_8k", "en")])
 def test_roles_in_mono_calls(shared_dir, opts, name, lang):
-    """Role accuracy over the reference speech the transcript covers: >= 90 % (measured 99-100 %)."""
+    """Role accuracy >= 90 %: of the reference speech the transcript covers (measured 99-100 %), and of all
+    reference speech with the usual 0.25 s collar at turn edges (measured 91-99 %)."""
     sub = "real" if name.startswith("callytics") else "synthetic"
     audio = decode_channels(shared_dir / "audio" / sub / f"{name}.wav")[0]
     ref = refs.callytics(shared_dir) if sub == "real" else refs.synthetic(shared_dir, lang)
@@ -92,6 +93,8 @@ def test_roles_in_mono_calls(shared_dir, opts, name, lang):
     acc = refs.role_accuracy(ref, hyp)
     assert acc["of_covered"] >= 0.9, acc
     assert acc["coverage"] >= 0.85, acc
+    # of all reference speech, turn edges (0.25 s, the DER convention) aside: measured 0.91-0.99
+    assert refs.role_accuracy(ref, hyp, collar=0.25)["of_speech"] >= 0.9
     assert refs.der([(s, e, lab) for s, e, lab in ref], [(t.start, t.end, str(v)) for t, v in
                                                           zip(out.turns, out.voices)])["der"] <= 0.15
 
