@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Optional
 
 import faust
 
+from agents.metrics import WorkerMetrics
 from config.kafka_security import KafkaSecurity
 from config.settings import Settings
 from models.events import CallRecorded, CallTagged, CallTranscribed, DeadLetter, StatsUpdate
@@ -154,7 +156,13 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                 return fn(session, *args)
         return await asyncio.get_running_loop().run_in_executor(db_executor, run)
 
+    metrics = WorkerMetrics()
+    metrics.models.info({"asr_engine": s.asr_engine, "asr_model": s.asr_model, "asr_compute_type": s.asr_compute_type,
+                         "tagger": s.tagger, "agents": ",".join(a for a in AGENTS if a in agents)})
+    app.callqa_metrics = metrics  # type: ignore[attr-defined]
+
     async def dead(stage: str, raw: bytes, exc: BaseException) -> None:
+        metrics.failed.labels(stage, type(exc).__name__).inc()
         cid = _call_id(raw)
         letter = DeadLetter(call_id=cid, stage=stage, error=_reason(exc), error_type=type(exc).__name__,
                             original=raw.decode("utf-8", "replace"))
@@ -170,10 +178,16 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                 if ev.published_at is None and event.message.timestamp:
                     # which upload of a call is newer, however the transcriptions finish (concurrency)
                     ev.published_at = datetime.fromtimestamp(event.message.timestamp, timezone.utc)
+                t0 = time.perf_counter()
                 out = await transcriber(ev)
             except Exception as exc:
                 await dead("transcribe", raw, exc)
                 continue
+            metrics.latency.labels("transcribe").observe(time.perf_counter() - t0)
+            metrics.processed.labels("transcribe").inc()
+            metrics.audio.inc(out.asr.audio_s)
+            if out.asr.wall_s > 0:
+                metrics.rtf.observe(out.asr.audio_s / out.asr.wall_s)
             log.info("transcribed %s: %d segments, %.1fs audio in %.1fs", ev.call_id, len(out.segments),
                      out.asr.audio_s, out.asr.wall_s)
             await transcribed.send(key=ev.call_id.encode(), value=out.model_dump_json().encode())
@@ -182,10 +196,13 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
     async def tag(stream):
         async for raw in stream:
             try:
+                t0 = time.perf_counter()
                 out = tagger(CallTranscribed.model_validate_json(raw))
             except Exception as exc:
                 await dead("tag", raw, exc)
                 continue
+            metrics.latency.labels("tag").observe(time.perf_counter() - t0)
+            metrics.processed.labels("tag").inc()
             await tagged.send(key=out.call_id.encode(), value=out.model_dump_json().encode())
 
     async def send_outbox(ids: Optional[list[int]] = None, older_than: Optional[datetime] = None) -> None:
@@ -209,7 +226,10 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
             for attempt in range(3):
                 try:
                     ev = CallTagged.model_validate_json(raw)
+                    t0 = time.perf_counter()
                     result = await in_db(store_tagged, ev, tz)
+                    metrics.latency.labels("store").observe(time.perf_counter() - t0)
+                    metrics.processed.labels("store").inc()
                     break
                 except Exception as exc:
                     if attempt == 2 or isinstance(exc, ValueError):
@@ -272,6 +292,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
 
     @app.timer(interval=5.0)
     async def unstick_partitions():
+        metrics.beat()
         # also: send what a dead worker left in the outbox (one timer: more of them made partition
         # hand-overs stall in tests)
         loop_now = asyncio.get_running_loop().time()
@@ -297,6 +318,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         now = asyncio.get_running_loop().time()
         for tp in tps:
             committed = consumer._committed_offset.get(tp)
+            metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, (ends.get(tp) or 0) - (committed or 0)))
             if (ends.get(tp) or 0) <= (committed or 0) or tp in busy:
                 stalled.pop(tp, None)
                 continue

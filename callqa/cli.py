@@ -40,6 +40,14 @@ def cmd_worker(args, s: Settings) -> int:
 
     from agents.app import create_app
     app = create_app(s, agents=agents)
+    if s.metrics_port:
+        try:
+            app.callqa_metrics.serve(s.metrics_host, s.metrics_port)
+            print(f"callqa worker: metrics on http://{s.metrics_host}:{s.metrics_port}/metrics, health on /healthz",
+                  file=sys.stderr)
+        except OSError as e:
+            return _err(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} ({e}): another process has "
+                        "the port; set CALLQA_METRICS_PORT to a free one (or 0 for none)")
     if len(agents) < 5:
         print(f"callqa worker: running the agents {', '.join(sorted(agents))}; the others need workers of "
               "their own", file=sys.stderr)
