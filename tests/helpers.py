@@ -108,3 +108,25 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, input:
     base["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     return subprocess.run([sys.executable, "-m", "callqa", *args], env={**base, **(env or {})}, cwd=cwd or REPO,
                           capture_output=True, text=True, input=input, timeout=timeout)
+
+
+def read_topic(bootstrap: str, topic: str, parse=lambda r: r) -> list:
+    """Every record of ``topic`` up to its end offsets now (``parse`` maps each ConsumerRecord)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    try:
+        parts = c.partitions_for_topic(topic)
+        if not parts:
+            return []
+        tps = [TopicPartition(topic, p) for p in parts]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        end = c.end_offsets(tps)
+        out = []
+        while any(c.position(tp) < end[tp] for tp in tps):
+            for recs in c.poll(timeout_ms=1000).values():
+                out += [parse(r) for r in recs]
+        return out
+    finally:
+        c.close()
