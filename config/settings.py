@@ -34,6 +34,18 @@ class Settings:
     topic_flagged: str = setting("CALLQA_TOPIC_FLAGGED", "calls.flagged", "a call got a new flag (for CRM/chat)")
     topic_stored: str = setting(
         "CALLQA_TOPIC_STORED", "calls.stored", "statistics updates after a store (key: manager_id; internal)")
+    topic_crm: str = setting("CALLQA_TOPIC_CRM", "crm.events", "CRM events: leads, statuses, deals (key: the lead)")
+    topic_crm_joins: str = setting(
+        "CALLQA_TOPIC_CRM_JOINS", "crm.joins", "phones whose calls and leads to join again (key: the phone; internal)")
+    crm_match_window_days: float = setting(
+        "CALLQA_CRM_MATCH_WINDOW_DAYS", 30.0, "a call joins a lead with its client's phone created up to this many "
+        "days before the call (the most recent such lead)")
+    crm_match_before_min: float = setting(
+        "CALLQA_CRM_MATCH_BEFORE_MIN", 60.0, "... or created up to this many minutes after the call started (the CRM "
+        "made the lead from the call)")
+    phone_region: str = setting(
+        "CALLQA_PHONE_REGION", "RU", "country of numbers written without +country code (8 912 ... = +7 912 ...)")
+    hot_lead_minutes: float = setting("CALLQA_HOT_LEAD_MINUTES", 15.0, "a hot lead is to be called within this many minutes")
     topic_partitions: int = setting("CALLQA_TOPIC_PARTITIONS", 4, "partitions of the calls.* topics")
     asr_engine: str = setting("CALLQA_ASR_ENGINE", "faster-whisper", "faster-whisper | openai-whisper")
     asr_model: str = setting("CALLQA_ASR_MODEL", "base", "model name or directory")

@@ -33,7 +33,7 @@ class WorkerProcess:
         self.app_id = app_id or f"callqa-test-{uuid.uuid4().hex[:8]}"
         self.db_url = db_url or f"sqlite:///{home / 'callqa.db'}"
         self.topics = {k: f"{self.app_id}.{k}" for k in ("recorded", "transcribed", "tagged", "dlq", "flagged",
-                                                                "stored")}
+                                                                "stored", "crm", "crm_joins")}
         self.env = {**os.environ, "CALLQA_HOME": str(home), "CALLQA_KAFKA_BOOTSTRAP": bootstrap,
                     "CALLQA_APP_ID": self.app_id, "CALLQA_DATABASE_URL": self.db_url,
                     "CALLQA_RECORDINGS_DIR": os.pathsep.join(str(p) for p in recordings),
@@ -41,6 +41,7 @@ class WorkerProcess:
                     "CALLQA_TOPIC_TRANSCRIBED": self.topics["transcribed"],
                     "CALLQA_TOPIC_TAGGED": self.topics["tagged"], "CALLQA_TOPIC_DLQ": self.topics["dlq"],
                     "CALLQA_TOPIC_FLAGGED": self.topics["flagged"], "CALLQA_TOPIC_STORED": self.topics["stored"],
+                    "CALLQA_TOPIC_CRM": self.topics["crm"], "CALLQA_TOPIC_CRM_JOINS": self.topics["crm_joins"],
                     "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         self.log = home / f"worker-{self.app_id}-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen | None = None
