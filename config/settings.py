@@ -45,6 +45,8 @@ class Settings:
         "made the lead from the call)")
     phone_region: str = setting(
         "CALLQA_PHONE_REGION", "RU", "country of numbers written without +country code (8 912 ... = +7 912 ...)")
+    min_leads: int = setting(
+        "CALLQA_MIN_LEADS", 10, "closed leads each side of a step needs before `report step-impact` draws a conclusion")
     hot_lead_minutes: float = setting("CALLQA_HOT_LEAD_MINUTES", 15.0, "a hot lead is to be called within this many minutes")
     topic_partitions: int = setting("CALLQA_TOPIC_PARTITIONS", 4, "partitions of the calls.* topics")
     asr_engine: str = setting("CALLQA_ASR_ENGINE", "faster-whisper", "faster-whisper | openai-whisper")

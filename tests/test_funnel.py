@@ -183,3 +183,38 @@ def test_intervals():
     assert 0.25 < lo < 0.6 < hi < 0.85
     lo, hi = diff_interval(1, 2, 1, 2)
     assert lo < 0 < hi
+
+
+# ---- the CLI ----------------------------------------------------------------------------------------
+
+def test_report_funnel_and_step_impact_cli(tmp_path):
+    import csv
+    import io
+    import json
+
+    from tests.helpers import run_cli
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    env = {"CALLQA_DATABASE_URL": url}
+    sessions = session_factory(url)
+    r = run_cli("report", "funnel", env=env)
+    assert r.returncode == 0 and "No CRM leads stored yet" in r.stdout
+    with sessions.begin() as s:
+        for item in story():
+            apply(s, item)
+    r = run_cli("report", "funnel", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "Hot called in time" in r.stdout and "1/2 50%" in r.stdout and "100 000 RUB" in r.stdout
+    data = json.loads(run_cli("report", "funnel", "--format", "json", env=env).stdout)["funnel"]
+    assert data["managers"][0]["manager_id"] == "m-anna" and data["managers"][0]["leads"] == 2
+    rows = list(csv.DictReader(io.StringIO(run_cli("report", "funnel", "--format", "csv", env=env).stdout)))
+    assert [r["level"] for r in rows] == ["manager", "team", "total"] and rows[0]["revenue_RUB"] == "100000.0"
+    r = run_cli("report", "step-impact", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "Too few closed leads" in r.stdout and "Difference [90%]" in r.stdout
+    data = json.loads(run_cli("report", "step-impact", "--format", "json", env=env).stdout)["step_impact"]
+    assert [x["step"] for x in data["team"]["steps"]] == list(STEPS)
+    rows = list(csv.DictReader(io.StringIO(run_cli("report", "step-impact", "--format", "csv", env=env).stdout)))
+    assert len(rows) == 2 * len(STEPS) and rows[0]["scope"] == "team"
+    r = run_cli("report", "funnel", "--since", "2026-04-01", env=env)   # only L2 (created 2026-04-11)
+    assert r.returncode == 0 and json.loads(run_cli("report", "funnel", "--since", "2026-04-01", "--format", "json",
+                                                    env=env).stdout)["funnel"]["total"]["leads"] == 1
