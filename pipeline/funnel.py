@@ -69,11 +69,14 @@ def _r(v: Optional[float], n: int = 3) -> Optional[float]:
     return None if v is None else round(v, n)
 
 
-def lead_facts(session: Session, scope: Scope = Scope()) -> list[LeadFacts]:
-    """Every lead created in ``scope`` (its days and teams: the lead's team, else its manager's)."""
+def lead_facts(session: Session, scope: Scope = Scope(), manager_id: Optional[str] = None) -> list[LeadFacts]:
+    """Every lead created in ``scope`` (its days and teams: the lead's team, else its manager's); only
+    ``manager_id``'s when given (what a manager may see)."""
     teams = dict(session.execute(select(Manager.manager_id, Manager.team_id)).all())
     names = dict(session.execute(select(Manager.manager_id, Manager.name)).all())
     q = select(CrmLead).where(CrmLead.created_at.is_not(None))
+    if manager_id is not None:
+        q = q.where(CrmLead.manager_id == manager_id)
     if scope.since is not None:
         q = q.where(CrmLead.created_at >= scope.since)
     if scope.until is not None:
@@ -168,10 +171,10 @@ def funnel_figures(leads: list[LeadFacts], hot_minutes: float, now: datetime) ->
 
 
 def funnel_rows(session: Session, scope: Scope = Scope(), hot_minutes: float = 15.0,
-                now: Optional[datetime] = None) -> dict[str, Any]:
+                now: Optional[datetime] = None, manager_id: Optional[str] = None) -> dict[str, Any]:
     """{"managers": [...], "teams": [...], "total": {...}}; each with the figures of ``funnel_figures``."""
     now = as_utc(now) or utcnow()
-    leads = lead_facts(session, scope)
+    leads = lead_facts(session, scope, manager_id)
     per_manager: dict[Optional[str], list[LeadFacts]] = {}
     per_team: dict[Optional[str], list[LeadFacts]] = {}
     for f in leads:
@@ -259,10 +262,11 @@ def _impact_block(leads: list[LeadFacts], min_leads: int) -> dict:
                            "No step shows a clear effect on conversion yet.")}
 
 
-def step_impact(session: Session, scope: Scope = Scope(), min_leads: int = 10) -> dict[str, Any]:
+def step_impact(session: Session, scope: Scope = Scope(), min_leads: int = 10,
+                manager_id: Optional[str] = None) -> dict[str, Any]:
     """Per step: the conversion of the closed leads (won or lost) with at least one tagged call whose calls did
     the step well, against those whose calls did not; team-wide and per manager. Open leads are left out."""
-    leads = lead_facts(session, scope)
+    leads = lead_facts(session, scope, manager_id)
     by_manager: dict[Optional[str], list[LeadFacts]] = {}
     for f in leads:
         by_manager.setdefault(f.manager_id, []).append(f)

@@ -218,3 +218,48 @@ def test_report_funnel_and_step_impact_cli(tmp_path):
     r = run_cli("report", "funnel", "--since", "2026-04-01", env=env)   # only L2 (created 2026-04-11)
     assert r.returncode == 0 and json.loads(run_cli("report", "funnel", "--since", "2026-04-01", "--format", "json",
                                                     env=env).stdout)["funnel"]["total"]["leads"] == 1
+
+
+# ---- the web page and the JSON API, login-scoped --------------------------------------------------
+
+def test_funnel_page_and_api_are_scoped_to_the_user(tmp_path, shared_dir, db_url):
+    from fastapi.testclient import TestClient
+
+    from tests.webapp import login, make_site
+    from web.app import create_app
+    s, sessions = make_site(db_url, tmp_path, shared_dir)
+    with sessions.begin() as db:
+        for item in [lead("LA", ["+79120000001"], T0, manager="anna"),
+                     call("la-1", "+79120000001", T0 + timedelta(minutes=5), manager="anna"),
+                     closed("LA", "won", T0 + timedelta(days=1)),
+                     lead("LB", ["+79120000002"], T0, manager="bob"),
+                     lead("LC", ["+79120000003"], T0, manager="cat", team="south"),
+                     closed("LC", "lost", T0 + timedelta(days=1))]:
+            apply(db, item)
+    app = create_app(s)
+
+    def as_user(name):
+        c = TestClient(app)
+        assert login(c, name).status_code == 303
+        return c
+
+    anon = TestClient(app)
+    assert anon.get("/api/funnel").status_code == 401 and anon.get("/api/step-impact").status_code == 401
+    assert anon.get("/funnel", follow_redirects=False).status_code == 303
+    hana = as_user("hana")      # head of north: anna and bob, not cat
+    data = hana.get("/api/funnel").json()["funnel"]
+    assert [m["manager_id"] for m in data["managers"]] == ["anna", "bob"] and data["total"]["leads"] == 2
+    assert data["managers"][0]["hot_called_in_time"] == 1 and data["managers"][0]["revenue"] == {"RUB": 100000.0}
+    impact = hana.get("/api/step-impact").json()["step_impact"]
+    assert impact["team"]["closed_leads"] == 1 and [m["manager_id"] for m in impact["managers"]] == ["anna", "bob"]
+    page = hana.get("/funnel")
+    assert page.status_code == 200 and 'id="funnel-managers"' in page.text and "<svg" in page.text
+    assert "Cat" not in page.text and "Too few closed leads" in page.text
+    anna = as_user("anna")      # a manager: only her own leads
+    assert [m["manager_id"] for m in anna.get("/api/funnel").json()["funnel"]["managers"]] == ["anna"]
+    sam = as_user("sam")        # head of south
+    assert [m["manager_id"] for m in sam.get("/api/funnel").json()["funnel"]["managers"]] == ["cat"]
+    assert hana.get("/api/funnel", params={"since": "not a day"}).status_code == 400
+    ru = TestClient(app, headers={"Accept-Language": "ru"})
+    assert login(ru, "hana").status_code == 303
+    assert "Горячим позвонили за 15 мин" in ru.get("/funnel").text
