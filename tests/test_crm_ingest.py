@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime, timezone
-from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient

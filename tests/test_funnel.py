@@ -4,8 +4,7 @@ from __future__ import annotations
 import itertools
 from datetime import datetime, timedelta, timezone
 
-import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from models.crm import DealClosed, LeadContact, LeadCreated, ProposalSent
 from models.db import session_factory
@@ -82,7 +81,7 @@ def test_join_is_the_same_in_any_order_and_on_replay(db_url):
         with sessions.begin() as s:
             for t in ("crm_lead_calls", "crm_lead_phones", "crm_lead_events", "crm_leads", "call_steps", "segments",
                       "calls", "managers"):
-                s.execute(__import__("sqlalchemy").text(f"DELETE FROM {t}"))
+                s.execute(text(f"DELETE FROM {t}"))
         with sessions.begin() as s:
             for item in order:
                 apply(s, item)
