@@ -3,6 +3,8 @@
     calls.recorded -> transcribe -> calls.transcribed -> tag -> calls.tagged -> store -> SQL
     store -> calls.stored (key: manager_id) -> manager_stats -> Faust table + SQL mirror
     store -> outbox (same transaction) -> calls.flagged, and retractions on calls.stored
+    crm.events -> crm (leads, deals in SQL) -> crm.joins (key: phone) <- store (the call's client phone)
+    crm.joins -> join (calls <-> leads of one phone, recomputed: any order, any replay)
 
 Agents stay thin: decode the event, call a pipeline function, emit the result.
 Anything that fails becomes a DeadLetter on calls.dlq (original event, stage,
@@ -49,7 +51,7 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-AGENTS = ("transcribe", "tag", "store", "stats", "failures")
+AGENTS = ("transcribe", "tag", "store", "stats", "failures", "crm")
 
 
 def parse_agents(text: str) -> frozenset:
@@ -102,6 +104,8 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
     dlq = app.topic(s.topic_dlq)
     flagged = app.topic(s.topic_flagged)
     stored = app.topic(s.topic_stored)
+    crm_events = app.topic(s.topic_crm)
+    crm_joins = app.topic(s.topic_crm_joins)
     outbox_topics = {"stats": stored, "flagged": flagged}
     tz = s.tz
     # Live per-manager statistics; the changelog topic makes them survive restarts and rebalances.
@@ -227,7 +231,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                 try:
                     ev = CallTagged.model_validate_json(raw)
                     t0 = time.perf_counter()
-                    result = await in_db(store_tagged, ev, tz)
+                    result = await in_db(store_tagged, ev, tz, s.phone_region)
                     metrics.latency.labels("store").observe(time.perf_counter() - t0)
                     metrics.processed.labels("store").inc()
                     break
@@ -244,6 +248,8 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                 continue
             # A crash before this send is healed by the redelivery of the tagged event (stored again).
             await stored.send(key=result.update.manager_id.encode(), value=result.update.model_dump_json().encode())
+            if result.client_phone:  # its CRM lead, whichever came first (a replay re-sends: the join is idempotent)
+                await ask_join([result.client_phone])
             if result.outbox:
                 try:
                     await send_outbox(result.outbox)
@@ -278,12 +284,43 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                         break
                     await asyncio.sleep(0.25 * 2 ** attempt)
 
+    async def ask_join(phones: list[str]) -> None:
+        for phone in phones:
+            await crm_joins.send(key=phone.encode(), value=json.dumps({"phone": phone}).encode())
+
+    @agent("crm", crm_events)
+    async def crm(stream):
+        from models.crm import parse_crm_event
+        from pipeline.crm import record_crm_event
+        async for raw in stream:
+            try:
+                ev = parse_crm_event(raw)
+                phones = await in_db(record_crm_event, ev, s.phone_region)
+            except Exception as exc:
+                await dead("crm", raw, exc)
+                continue
+            await ask_join(phones)
+
+    @agent("crm", crm_joins)
+    async def join(stream):
+        from pipeline.crm import join_phone
+        window, before = timedelta(days=s.crm_match_window_days), timedelta(minutes=s.crm_match_before_min)
+        # keyed by phone: one worker joins a phone's calls and leads, after both were committed
+        async for raw in stream:
+            try:
+                phone = json.loads(raw)["phone"]
+                links = await in_db(join_phone, phone, window, before)
+            except Exception:
+                log.exception("could not join the calls and leads of %r", raw[:100])
+                continue
+            log.info("joined %s: %d calls, %d with a lead", phone, len(links), sum(v is not None for v in links.values()))
+
     @agent("failures", dlq)
     async def record_failure(stream):
         from pipeline.store import mark_failed
         async for raw in stream:
             try:
-                await in_db(mark_failed, DeadLetter.model_validate_json(raw))
+                await in_db(mark_failed, DeadLetter.model_validate_json(raw), s.phone_region)
             except Exception:
                 log.exception("could not record a dead letter in the database (it stays in %s)", s.topic_dlq)
 
@@ -333,6 +370,6 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                 stalled.pop(tp, None)
 
     app.callqa_agents = dict(transcribe=transcribe, tag=tag, store=store,  # type: ignore[attr-defined]
-                             manager_stats=manager_stats, record_failure=record_failure)
+                             manager_stats=manager_stats, record_failure=record_failure, crm=crm, join=join)
     app.callqa_stats_table = stats_table  # type: ignore[attr-defined]
     return app

@@ -33,12 +33,13 @@ def cmd_worker(args, s: Settings) -> int:
     try:
         wait_for_broker(s.kafka_bootstrap, timeout_s=30)
         ensure_topics(s.kafka_bootstrap, [s.topic_recorded, s.topic_transcribed, s.topic_tagged, s.topic_dlq,
-                                          s.topic_flagged, s.topic_stored], s.topic_partitions, s.topic_replication)
+                                          s.topic_flagged, s.topic_stored, s.topic_crm, s.topic_crm_joins],
+                      s.topic_partitions, s.topic_replication)
     except BrokerError as e:
         return _err(f"{e}. Is the broker running? Check CALLQA_KAFKA_BOOTSTRAP.")
     from faust.worker import Worker
 
-    from agents.app import create_app
+    from agents.app import AGENTS, create_app
     app = create_app(s, agents=agents)
     if s.metrics_port:
         try:
@@ -48,7 +49,7 @@ def cmd_worker(args, s: Settings) -> int:
         except OSError as e:
             return _err(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} ({e}): another process has "
                         "the port; set CALLQA_METRICS_PORT to a free one (or 0 for none)")
-    if len(agents) < 5:
+    if len(agents) < len(AGENTS):
         print(f"callqa worker: running the agents {', '.join(sorted(agents))}; the others need workers of "
               "their own", file=sys.stderr)
     Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
@@ -207,11 +208,21 @@ def cmd_report(args, s: Settings) -> int:
             rows = rp.flag_rule_rows(session, scope)
             out = {"table": rp.render_flag_rules(rows), "json": rp.render_json("flag_rules", rows),
                    "csv": rp.rows_csv(rows)}[fmt]
+        elif args.what in ("funnel", "step-impact"):
+            from pipeline import funnel
+            if args.what == "funnel":
+                data = funnel.funnel_rows(session, scope, s.hot_lead_minutes)
+                out = {"table": rp.render_funnel(data), "json": rp.render_json("funnel", data),
+                       "csv": rp.funnel_csv(data)}[fmt]
+            else:
+                data = funnel.step_impact(session, scope, s.min_leads)
+                out = {"table": rp.render_step_impact(data), "json": rp.render_json("step_impact", data),
+                       "csv": rp.step_impact_csv(data)}[fmt]
         else:  # coaching
             rows = rp.coaching_rows(session, scope)
             out = {"table": rp.render_coaching(rows), "json": rp.render_json("coaching", rows),
                    "csv": rp.coaching_csv(rows)}[fmt]
-        if fmt == "table" and args.what != "managers" and not rp.has_calls(session, scope):
+        if fmt == "table" and args.what not in ("managers", "funnel", "step-impact") and not rp.has_calls(session, scope):
             out = rp.empty_reason(session, scope)
     sys.stdout.write(out if out.endswith("\n") or not out else out + "\n")
     return 0
@@ -720,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run the Faust worker (transcribe, tag, store)")
     w.add_argument("--loglevel", default="info")
     w.add_argument("--agents", help="the agents this worker runs, e.g. transcribe (a GPU machine) or "
-                                    "tag,store,stats,failures (default CALLQA_WORKER_AGENTS: all)")
+                                    "tag,store,stats,failures,crm (default CALLQA_WORKER_AGENTS: all)")
     w.set_defaults(fn=cmd_worker)
 
     b = sub.add_parser("broker", help="run a local single-node Kafka broker (development)")
@@ -739,15 +750,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stereo channel of the manager (default 0); none = mono recording")
     pub.set_defaults(fn=cmd_publish)
 
-    r = sub.add_parser("report", help="weak stages, flagged calls, flag rules, coaching",
+    r = sub.add_parser("report", help="weak stages, flagged calls, flag rules, coaching, the CRM funnel, step impact",
                        description="managers: weak stage per manager; manager ID: one manager in detail; "
                                    "flagged: the review queue; flags: how reviewers judged each flag rule; "
-                                   "coaching: managers ranked by objection-handling shortfall, with moments")
+                                   "coaching: managers ranked by objection-handling shortfall, with moments; "
+                                   "funnel: CRM leads per manager and team (hot-lead response, activity, conversion, "
+                                   "revenue); step-impact: conversion of leads whose calls did each step well or not")
     r.add_argument("what", nargs="?", default="managers",
-                   choices=["managers", "manager", "flagged", "flags", "coaching"])
+                   choices=["managers", "manager", "flagged", "flags", "coaching", "funnel", "step-impact"])
     r.add_argument("id", nargs="?", help="manager id (with `manager`)")
     r.add_argument("--team")
-    r.add_argument("--since", help="YYYY-MM-DD, calls started on or after that day (CALLQA_TIMEZONE), "
+    r.add_argument("--since", help="YYYY-MM-DD, calls started (funnel, step-impact: leads created) on or after that day "
+                   "(CALLQA_TIMEZONE), "
                    "or an ISO time")
     r.add_argument("--until", help="YYYY-MM-DD, calls started on or before that day (CALLQA_TIMEZONE), "
                    "or an ISO time (exclusive)")

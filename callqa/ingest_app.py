@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from collections import Counter, OrderedDict
 from pathlib import Path
@@ -31,8 +32,10 @@ from starlette.concurrency import run_in_threadpool
 
 from callqa.ingest_settings import IngestSettings
 from models.events import CallRecorded
+from pipeline.ingest.amocrm import AmoCrmAdapter
 from pipeline.ingest.asterisk import AsteriskAdapter
 from pipeline.ingest.base import ContextStore, IngestConfig, IngestError, Outcome, RequestParts
+from pipeline.ingest.crm import CrmConfig, GenericCrmAdapter
 from pipeline.ingest.freeswitch import FreeSwitchAdapter
 from pipeline.ingest.generic import GenericAdapter
 from pipeline.ingest.mango import MangoAdapter
@@ -42,7 +45,7 @@ from pipeline.ingest.twilio import TwilioAdapter
 from pipeline.ingest.zadarma import ZadarmaAdapter
 
 log = logging.getLogger("callqa.ingest")
-PROVIDERS = ("twilio", "asterisk", "freeswitch", "zadarma", "mango", "generic")
+PROVIDERS = ("twilio", "asterisk", "freeswitch", "zadarma", "mango", "generic", "amocrm", "kommo", "crm-generic")
 
 
 def ingest_config(s: IngestSettings) -> IngestConfig:
@@ -54,6 +57,15 @@ def ingest_config(s: IngestSettings) -> IngestConfig:
         mango_manager_channel=s.mango_manager_channel, generic_secret=s.generic_secret,
         asterisk_secret=s.asterisk_secret, freeswitch_secret=s.freeswitch_secret, language=s.language,
         path_map=s.path_map)
+
+
+def crm_config(s: IngestSettings) -> CrmConfig:
+    return CrmConfig(
+        verify=s.verify_signatures, generic_secret=s.crm_generic_secret, amocrm_secret=s.amocrm_secret,
+        amocrm_subdomain=s.amocrm_subdomain, amocrm_temperature_field=s.amocrm_temperature_field,
+        amocrm_source_field=s.amocrm_source_field, amocrm_won_status=s.amocrm_won_status,
+        amocrm_lost_status=s.amocrm_lost_status, amocrm_proposal_statuses=s.amocrm_proposal_statuses,
+        amocrm_invoice_statuses=s.amocrm_invoice_statuses, amocrm_currency=s.amocrm_currency)
 
 
 def url_policy(s: IngestSettings) -> URLPolicy:
@@ -151,6 +163,12 @@ def create_app(settings: IngestSettings, publisher: Any, managers: Optional[Mana
         "asterisk": AsteriskAdapter(cfg, managers, tz=settings.asterisk_timezone),
         "generic": GenericAdapter(cfg, managers),
     }
+    crm_cfg = crm_config(settings)
+    crm_adapters = {
+        "amocrm": AmoCrmAdapter(crm_cfg, managers, "amocrm"),
+        "kommo": AmoCrmAdapter(crm_cfg, managers, "kommo"),
+        "crm-generic": GenericCrmAdapter(crm_cfg, managers),
+    }
     app = FastAPI(title="callqa ingest", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.metrics, app.state.dedup, app.state.managers, app.state.context = metrics, dedup, managers, ctx
 
@@ -185,22 +203,65 @@ def create_app(settings: IngestSettings, publisher: Any, managers: Optional[Mana
             metrics.accepted[provider] += 1
             return "published"
 
-    async def handle(provider: str, request: Request,
-                     parse: Optional[Callable[[RequestParts], Outcome]] = None) -> Response:
-        adapter = adapters[provider]
+    async def checked(provider: str, request: Request, verify: Callable[[RequestParts], None],
+                      parse: Callable[[RequestParts], Any]) -> Any:
+        """The adapter's outcome for a verified, parsed request, or the 4xx answer saying why not."""
         try:
             parts = await parts_of(request)
         except IngestError:
             return reject(provider, 413, "body_too_large")
         try:
-            adapter.verify(parts)
-            outcome = parse(parts) if parse else adapter.parse(parts, ctx)
+            verify(parts)
+            return parse(parts)
         except IngestError as e:
             return reject(provider, e.status, e.reason, e.detail)
+
+    def ignored(provider: str, reason: Optional[str]) -> Response:
+        metrics.ignored[(provider, reason or "nothing")] += 1
+        return JSONResponse({"status": "ignored", "reason": reason})
+
+    async def publish_crm_once(provider: str, ev: Any) -> str:
+        """One CRM event on the CRM topic (key: the lead), once per event_id while remembered."""
+        key = (provider, ev.event_id)
+        async with await dedup.guard(key):
+            if dedup.rank(key) is not None:
+                metrics.duplicates[provider] += 1
+                return "duplicate"
+            await run_in_threadpool(publisher.publish_raw, ev.lead_key, ev.model_dump_json().encode(),
+                                    settings.publish_timeout_s, settings.crm_topic)
+            dedup.mark(key, 1)
+            metrics.accepted[provider] += 1
+            return "published"
+
+    async def handle_crm(provider: str, request: Request) -> Response:
+        """A CRM webhook: verify (401), parse (400), publish every event or answer 503 (the CRM retries;
+        the events already published are then duplicates, published nothing twice)."""
+        adapter = crm_adapters[provider]
+        outcome = await checked(provider, request, adapter.verify, adapter.parse)
+        if isinstance(outcome, Response):
+            return outcome
+        if not outcome.events:
+            return ignored(provider, outcome.ignored)
+        results = []
+        for ev in outcome.events:
+            try:
+                results.append({"event_id": ev.event_id, "type": ev.type, "lead_id": ev.lead_id,
+                                "status": await publish_crm_once(provider, ev)})
+            except Exception as e:
+                log.error("ingest %s: publish of %s failed: %r", provider, ev.event_id, e)
+                return reject(provider, 503, "publish_failed", type(e).__name__)
+        return JSONResponse({"status": "ok", "events": results})
+
+    async def handle(provider: str, request: Request,
+                     parse: Optional[Callable[[RequestParts], Outcome]] = None) -> Response:
+        adapter = adapters[provider]
+        outcome = await checked(provider, request, adapter.verify,
+                                parse or (lambda parts: adapter.parse(parts, ctx)))
+        if isinstance(outcome, Response):
+            return outcome
         events = outcome.events()
         if not events:
-            metrics.ignored[(provider, outcome.ignored or "nothing")] += 1
-            return JSONResponse({"status": "ignored", "reason": outcome.ignored})
+            return ignored(provider, outcome.ignored)
         if outcome.unknown_extension is not None:
             log.warning("ingest %s: extension %r maps to no manager (config %s)", provider,
                         outcome.unknown_extension, settings.managers_file)
@@ -270,6 +331,20 @@ def create_app(settings: IngestSettings, publisher: Any, managers: Optional[Mana
     async def generic(request: Request) -> Response:
         return await handle("generic", request)
 
+    # ---- CRM webhooks -> crm.events (leads, statuses, deals) ----
+
+    @app.post("/hooks/crm/generic")
+    async def crm_generic(request: Request) -> Response:
+        return await handle_crm("crm-generic", request)
+
+    @app.post("/hooks/amocrm/{secret}")
+    async def amocrm(secret: str, request: Request) -> Response:
+        return await handle_crm("amocrm", request)
+
+    @app.post("/hooks/kommo/{secret}")
+    async def kommo(secret: str, request: Request) -> Response:
+        return await handle_crm("kommo", request)
+
     return app
 
 
@@ -300,6 +375,18 @@ def spool_loop(settings: IngestSettings, publisher: Any, managers: ManagerDirect
         stop.wait(settings.spool_interval_s)
 
 
+class HideUrlSecrets(logging.Filter):
+    """The access log must not print the secret that ends an amoCRM/Kommo webhook URL."""
+
+    _secret = re.compile(r"(/hooks/(?:amocrm|kommo)/)[^/?\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(self._secret.sub(r"\1***", a) if isinstance(a, str) else a
+                                for a in (record.args if isinstance(record.args, tuple) else (record.args,)))
+        return True
+
+
 def run_ingest(host: str = "0.0.0.0", port: int = 8090) -> None:
     """Run the ingest service (and the spool watcher when CALLQA_ASTERISK_SPOOL_DIR is set)."""
     import uvicorn
@@ -328,6 +415,7 @@ def run_ingest(host: str = "0.0.0.0", port: int = 8090) -> None:
         watcher = threading.Thread(target=spool_loop, args=(ingest, publisher, managers, stop),
                                    name="callqa-spool", daemon=True)
         watcher.start()
+    logging.getLogger("uvicorn.access").addFilter(HideUrlSecrets())
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:

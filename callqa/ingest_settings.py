@@ -30,6 +30,23 @@ class IngestSettings:
     generic_secret: str = setting("CALLQA_GENERIC_SECRET", "", "HMAC-SHA256 key of /hooks/generic (fallback for asterisk/freeswitch)")
     asterisk_secret: str = setting("CALLQA_ASTERISK_SECRET", "", "HMAC-SHA256 key of /hooks/asterisk")
     freeswitch_secret: str = setting("CALLQA_FREESWITCH_SECRET", "", "HMAC-SHA256 key / Basic password of /hooks/freeswitch")
+    crm_topic: str = setting("CALLQA_TOPIC_CRM", "crm.events", "topic of the CRM events (leads, deals)")
+    crm_generic_secret: str = setting(
+        "CALLQA_CRM_GENERIC_SECRET", "", "HMAC-SHA256 key of /hooks/crm/generic (signed CRM events as JSON)")
+    amocrm_secret: str = setting(
+        "CALLQA_AMOCRM_SECRET", "", "amoCRM/Kommo webhooks: the secret that ends the webhook URL (24+ random characters)")
+    amocrm_subdomain: str = setting(
+        "CALLQA_AMOCRM_SUBDOMAIN", "", "amoCRM/Kommo: accept only webhooks of this account (account[subdomain])")
+    amocrm_temperature_field: str = setting(
+        "CALLQA_AMOCRM_TEMPERATURE_FIELD", "Температура", "lead field (name or id) holding hot/warm/cold; tags work too")
+    amocrm_source_field: str = setting("CALLQA_AMOCRM_SOURCE_FIELD", "Источник", "lead field (name or id): the lead's source")
+    amocrm_won_status: str = setting("CALLQA_AMOCRM_WON_STATUS", "142", "status id of a won deal (amoCRM's system 142)")
+    amocrm_lost_status: str = setting("CALLQA_AMOCRM_LOST_STATUS", "143", "status id of a lost deal (amoCRM's system 143)")
+    amocrm_proposal_statuses: str = setting(
+        "CALLQA_AMOCRM_PROPOSAL_STATUSES", "", "status ids (comma list) that mean a proposal (КП) was sent")
+    amocrm_invoice_statuses: str = setting(
+        "CALLQA_AMOCRM_INVOICE_STATUSES", "", "status ids (comma list) that mean an invoice was issued")
+    amocrm_currency: str = setting("CALLQA_AMOCRM_CURRENCY", "RUB", "currency of amoCRM deal prices")
     allowed_hosts: str = setting(
         "CALLQA_INGEST_ALLOWED_HOSTS", "", "extra recording hosts (comma-separated, *.suffix allowed; '*' = any public host)")
     allow_private: bool = setting(

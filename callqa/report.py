@@ -151,3 +151,87 @@ def rows_csv(rows: list[dict]) -> str:
 
 def render_json(key: str, rows: Any) -> str:
     return json.dumps({key: rows}, ensure_ascii=False, indent=2, default=str)
+
+
+# ---- the CRM funnel and step impact -------------------------------------------------------------
+
+def _money(revenue: dict) -> str:
+    return ", ".join(f"{v:,.0f} {k}".strip().replace(",", " ") for k, v in revenue.items()) or "–"
+
+
+def _min(v: Optional[float]) -> str:
+    return "–" if v is None else f"{v:g} min"
+
+
+def _funnel_line(r: dict) -> list:
+    hot = f"{r['hot_called_in_time']}/{r['hot_due']} {_pct(r['hot_in_time_share'])}" if r["hot_due"] else "–"
+    return [r["leads"], r["hot_leads"], hot, _min(r["hot_median_delay_min"]), r["hot_missed"],
+            "–" if r["calls_per_lead"] is None else f"{r['calls_per_lead']:g}",
+            "–" if r["proposals_per_lead"] is None else f"{r['proposals_per_lead']:g}",
+            r["won"], r["lost"], r["open"], _pct(r["conversion"]), _money(r["revenue"])]
+
+
+FUNNEL_HEAD = ["Leads", "Hot", "Hot called in time", "Hot median", "Missed", "Calls/lead", "KP/lead", "Won", "Lost",
+               "Open", "Conversion", "Revenue"]
+
+
+def render_funnel(out: dict, empty: str = "") -> str:
+    if not out["managers"]:
+        return empty or ("No CRM leads stored yet. Point your CRM's webhooks at `callqa ingest` (README: CRM) and "
+                         "keep a worker running.")
+    minutes = f"{out['hot_lead_minutes']:g}"
+    right = set(range(2, 14))
+    managers = table(["Manager", "Team"] + FUNNEL_HEAD,
+                     [[r["manager_name"] or r["manager_id"] or "(no manager)", r["team_id"] or "–"] + _funnel_line(r)
+                      for r in out["managers"]], right=right)
+    teams = table(["Team"] + FUNNEL_HEAD, [[r["team_id"] or "(no team)"] + _funnel_line(r) for r in out["teams"]]
+                  + [["all"] + _funnel_line(out["total"])], right={i - 1 for i in right})
+    return (managers + "\n\n" + teams + "\n\n"
+            f"Hot called in time: hot leads whose first call came within {minutes} min of the lead entering the CRM, "
+            f"of the hot leads called or older than {minutes} min; Hot median: the median delay to the first call; "
+            "Missed: hot leads not called in time.\nCalls/lead and KP/lead (proposals) are the activity per lead; "
+            "Conversion: won deals of all leads; Revenue: the won deals' amounts.")
+
+
+def funnel_csv(out: dict) -> str:
+    return rows_csv([{"level": "manager", **r} for r in out["managers"]] +
+                    [{"level": "team", **r} for r in out["teams"]] + [{"level": "total", **out["total"]}])
+
+
+def _impact_table(block: dict) -> str:
+    cur = block.get("currency") or ""
+    body = []
+    for r in block["steps"]:
+        diff = "–" if r["difference"] is None else (
+            f"{round(r['difference'] * 100):+d} pts [{round(r['interval'][0] * 100):+d}, {round(r['interval'][1] * 100):+d}]")
+        lost = "–" if r["deals_lost"] is None else f"{r['deals_lost']:g}" + (
+            f" ({r['money_lost']:,.0f} {cur})".replace(",", " ") if r["money_lost"] else "")
+        body.append([r["step"], f"{r['won_well']}/{r['leads_well']} {_pct(r['conversion_well'])}",
+                     f"{r['won_not_well']}/{r['leads_not_well']} {_pct(r['conversion_not_well'])}", diff, lost,
+                     r["note"]])
+    return table(["Step", "Done well: won", "Not well: won", "Difference [90%]", "Deals lost", "Verdict"], body,
+                 right={1, 2, 3, 4})
+
+
+def render_step_impact(out: dict, empty: str = "") -> str:
+    team = out["team"]
+    if not out["managers"]:
+        return empty or "No CRM leads stored yet, so no step can be weighed against deals."
+    lines = [f"All managers: {team['closed_leads']} closed leads with a recorded call ({team['won']} won)", "",
+             _impact_table(team), "", team["conclusion"]]
+    for m in out["managers"]:
+        lines += ["", f"{m['manager_name'] or m['manager_id']}: {m['closed_leads']} closed leads ({m['won']} won). "
+                  f"{m['conclusion']}", _impact_table(m)]
+    lines += ["", f"Conversion of closed leads (won or lost; open leads left out) whose calls did the step well in at "
+              f"least one call, against those whose calls did not. A conclusion needs {out['min_leads']} leads a side "
+              "(CALLQA_MIN_LEADS) and a 90% interval clear of zero. Deals lost: what the weaker side would have won at "
+              "the stronger side's rate (money: at the average won deal). Correlation, not proof: check the calls."]
+    return "\n".join(lines)
+
+
+def step_impact_csv(out: dict) -> str:
+    rows = [{"scope": "team", "manager_id": "", **r} for r in out["team"]["steps"]]
+    rows += [{"scope": "manager", "manager_id": m["manager_id"], **r} for m in out["managers"] for r in m["steps"]]
+    for r in rows:
+        r["interval"] = r["interval"] and f"{r['interval'][0]}..{r['interval'][1]}"
+    return rows_csv(rows)

@@ -49,7 +49,7 @@ class Settings:
         "CALLQA_METRICS_PORT", 0, "worker: serve Prometheus /metrics and /healthz on this port (0: off; e.g. 9102)")
     metrics_host: str = setting("CALLQA_METRICS_HOST", "0.0.0.0", "worker: the address /metrics listens on")
     worker_agents: str = setting(
-        "CALLQA_WORKER_AGENTS", "all", "agents a worker runs: all, or some of transcribe,tag,store,stats,failures "
+        "CALLQA_WORKER_AGENTS", "all", "agents a worker runs: all, or some of transcribe,tag,store,stats,failures,crm "
         "(`callqa worker --agents`), so transcription can run on GPU machines and the rest on CPU ones")
     topic_recorded: str = setting("CALLQA_TOPIC_RECORDED", "calls.recorded", "input topic")
     topic_transcribed: str = setting("CALLQA_TOPIC_TRANSCRIBED", "calls.transcribed", "after ASR")
@@ -58,6 +58,20 @@ class Settings:
     topic_flagged: str = setting("CALLQA_TOPIC_FLAGGED", "calls.flagged", "a call got a new flag (for CRM/chat)")
     topic_stored: str = setting(
         "CALLQA_TOPIC_STORED", "calls.stored", "statistics updates after a store (key: manager_id; internal)")
+    topic_crm: str = setting("CALLQA_TOPIC_CRM", "crm.events", "CRM events: leads, statuses, deals (key: the lead)")
+    topic_crm_joins: str = setting(
+        "CALLQA_TOPIC_CRM_JOINS", "crm.joins", "phones whose calls and leads to join again (key: the phone; internal)")
+    crm_match_window_days: float = setting(
+        "CALLQA_CRM_MATCH_WINDOW_DAYS", 30.0, "a call joins a lead with its client's phone created up to this many "
+        "days before the call (the most recent such lead)")
+    crm_match_before_min: float = setting(
+        "CALLQA_CRM_MATCH_BEFORE_MIN", 60.0, "... or created up to this many minutes after the call started (the CRM "
+        "made the lead from the call)")
+    phone_region: str = setting(
+        "CALLQA_PHONE_REGION", "RU", "country of numbers written without +country code (8 912 ... = +7 912 ...)")
+    min_leads: int = setting(
+        "CALLQA_MIN_LEADS", 10, "closed leads each side of a step needs before `report step-impact` draws a conclusion")
+    hot_lead_minutes: float = setting("CALLQA_HOT_LEAD_MINUTES", 15.0, "a hot lead is to be called within this many minutes")
     topic_partitions: int = setting("CALLQA_TOPIC_PARTITIONS", 4, "partitions of the calls.* topics")
     topic_replication: int = setting(
         "CALLQA_TOPIC_REPLICATION", 1, "replication factor of the topics callqa creates (3 on a production cluster)")

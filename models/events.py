@@ -183,7 +183,7 @@ class DeadLetter(_Event):
 
     schema_version: int = SCHEMA_VERSION
     call_id: Optional[str] = None
-    stage: Literal["ingest", "transcribe", "tag", "store"]
+    stage: Literal["ingest", "transcribe", "tag", "store", "crm"]
     error: str
     error_type: str = "Error"
     original: str  # the raw event as received (text), so it can be replayed

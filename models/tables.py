@@ -64,6 +64,8 @@ class Call(Base):
     team_id: Mapped[Optional[str]] = mapped_column(String(200), index=True)
     direction: Mapped[str] = mapped_column(String(16))
     client_number: Mapped[Optional[str]] = mapped_column(String(64))
+    # client_number in E.164 (pipeline/phones.py): what calls are joined to CRM leads on
+    client_phone: Mapped[Optional[str]] = mapped_column(String(32), index=True)
     started_at: Mapped[datetime] = mapped_column(index=True)
     duration_s: Mapped[Optional[float]] = mapped_column(Float)
     recording_url: Mapped[str] = mapped_column(Text)
@@ -293,3 +295,53 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(32))
     call_id: Mapped[Optional[str]] = mapped_column(String(200), index=True)
     detail: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+
+
+# ---- CRM: leads and deals, joined to calls by the client's phone (pipeline/crm.py) ---------------
+
+class CrmLead(Base):
+    """A CRM lead (``lead_key`` = ``<crm>:<lead id>``). A row can exist before its LeadCreated (a deal
+    closed first): then ``created_at`` is null and the lead is left out of the reports until it comes."""
+
+    __tablename__ = "crm_leads"
+    lead_key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    crm: Mapped[str] = mapped_column(String(16))
+    lead_id: Mapped[str] = mapped_column(String(200))
+    source: Mapped[Optional[str]] = mapped_column(String(200))
+    temperature: Mapped[Optional[str]] = mapped_column(String(8))
+    manager_id: Mapped[Optional[str]] = mapped_column(String(200), index=True)
+    manager_name: Mapped[Optional[str]] = mapped_column(String(200))
+    team_id: Mapped[Optional[str]] = mapped_column(String(200), index=True)
+    title: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[Optional[datetime]] = mapped_column(index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CrmLeadEvent(Base):
+    """Every CRM event once (keyed by its event_id, so a replay adds nothing): statuses, proposals,
+    invoices and deal outcomes are read from here."""
+
+    __tablename__ = "crm_lead_events"
+    event_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    lead_key: Mapped[str] = mapped_column(String(250), index=True)
+    type: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column()
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CrmLeadPhone(Base):
+    __tablename__ = "crm_lead_phones"
+    lead_key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    phone: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
+
+
+class CrmLeadCall(Base):
+    """Which lead a call belongs to (at most one): recomputed per phone by the join, so the same facts
+    in any order give the same links."""
+
+    __tablename__ = "crm_lead_calls"
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.call_id", ondelete="CASCADE"), primary_key=True)
+    lead_key: Mapped[str] = mapped_column(String(250), index=True)
+    phone: Mapped[str] = mapped_column(String(32), index=True)
+    linked_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -12,6 +12,7 @@ from models.events import CallFlagged, CallRecorded, CallTagged, DeadLetter, Sta
 from models.tables import (Call, CallStep, FlagRow, Manager, ManagerObjectionStat, ManagerStageStat, ObjectionRow,
                            Outbox, Review, SegmentRow, as_utc, utcnow)
 from pipeline import stats
+from pipeline.phones import normalize_phone
 
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 
@@ -34,7 +35,7 @@ def _upsert_manager(session: Session, ev: CallRecorded) -> None:
         m.name = ev.manager_name
 
 
-def _call_row(session: Session, ev: CallRecorded) -> Call:
+def _call_row(session: Session, ev: CallRecorded, region: str = "RU") -> Call:
     call = session.get(Call, ev.call_id)
     if call is None:
         call = Call(call_id=ev.call_id)
@@ -44,6 +45,7 @@ def _call_row(session: Session, ev: CallRecorded) -> Call:
     call.team_id = ev.team_id
     call.direction = ev.direction
     call.client_number = ev.client_number
+    call.client_phone = normalize_phone(ev.client_number, region)
     call.started_at = ev.started_at
     call.recording_url = ev.recording_url
     call.lead = ev.lead.model_dump(mode="json") if ev.lead else None
@@ -62,20 +64,22 @@ class StoreResult:
     new_flags: list[str] = field(default_factory=list)
     update: Optional[StatsUpdate] = None  # to send on calls.stored (key: its manager_id)
     outbox: list[int] = field(default_factory=list)  # ids of the rows written for send_outbox
+    client_phone: Optional[str] = None  # E.164: its calls and CRM leads are to be joined again
 
 
 def _version(published_at: Optional[datetime], tagged_at: Optional[datetime]) -> tuple[datetime, datetime]:
     return as_utc(published_at) or _EARLIEST, as_utc(tagged_at) or _EARLIEST
 
 
-def store_tagged(session: Session, ev: CallTagged, tz: tzinfo = timezone.utc) -> StoreResult:
+def store_tagged(session: Session, ev: CallTagged, tz: tzinfo = timezone.utc, region: str = "RU") -> StoreResult:
     """Replace everything stored for ev.call_id with ev (a replay stores nothing twice).
 
     An older version than the one stored (an earlier upload whose transcription finished last, an old
     tagging redelivered) changes nothing. In the same transaction it writes to the outbox what must
     not be lost if the worker dies right after the commit: the notice of flags the call did not have
     before (calls.flagged), and, when the call changed manager, the retraction of its statistics from
-    the old one. ``tz`` is the business time zone of the statistics periods.
+    the old one. ``tz`` is the business time zone of the statistics periods; ``region`` the country of
+    client numbers written without a country code (CALLQA_PHONE_REGION).
     """
     q = select(Call).where(Call.call_id == ev.call_id)
     if session.bind is not None and session.bind.dialect.name == "postgresql":
@@ -88,7 +92,7 @@ def store_tagged(session: Session, ev: CallTagged, tz: tzinfo = timezone.utc) ->
     revision = (existing.revision or 0) + 1 if existing is not None else 1
     _upsert_manager(session, ev)
     before = set(session.scalars(select(FlagRow.code).where(FlagRow.call_id == ev.call_id)))
-    call = _call_row(session, ev)
+    call = _call_row(session, ev, region)
     call.published_at = ev.published_at
     call.tagged_at = ev.tagged_at
     call.revision = revision
@@ -121,7 +125,8 @@ def store_tagged(session: Session, ev: CallTagged, tz: tzinfo = timezone.utc) ->
         for i, o in enumerate(ev.objections)])
     _insert(session, FlagRow, [dict(call_id=ev.call_id, idx=i, code=f.code, detail=f.detail, at=f.at)
                                for i, f in enumerate(ev.flags)])
-    result = StoreResult(stored=True, revision=revision, new_flags=sorted({f.code for f in ev.flags} - before))
+    result = StoreResult(stored=True, revision=revision, new_flags=sorted({f.code for f in ev.flags} - before),
+                         client_phone=call.client_phone)
     result.update = StatsUpdate(op="apply", call_id=ev.call_id, manager_id=ev.manager_id, revision=revision,
                                 outcome=stats.outcome_from_tagged(ev, tz, revision).to_compact())
     outbox = []
@@ -157,7 +162,7 @@ def outbox_sent(session: Session, ids: list[int]) -> None:
         session.execute(delete(Outbox).where(Outbox.id.in_(ids)))
 
 
-def mark_failed(session: Session, dead: DeadLetter) -> bool:
+def mark_failed(session: Session, dead: DeadLetter, region: str = "RU") -> bool:
     """Record why a call failed. A call already stored keeps its data (the error is noted)."""
     if not dead.call_id:
         return False
@@ -168,7 +173,7 @@ def mark_failed(session: Session, dead: DeadLetter) -> bool:
         except ValueError:
             return False  # no usable event: the dead letter in calls.dlq is the record
         _upsert_manager(session, ev)
-        call = _call_row(session, ev)
+        call = _call_row(session, ev, region)
         call.status = "failed"
     elif call.status != "tagged":
         call.status = "failed"

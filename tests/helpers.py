@@ -33,7 +33,7 @@ class WorkerProcess:
         self.app_id = app_id or f"callqa-test-{uuid.uuid4().hex[:8]}"
         self.db_url = db_url or f"sqlite:///{home / 'callqa.db'}"
         self.topics = {k: f"{self.app_id}.{k}" for k in ("recorded", "transcribed", "tagged", "dlq", "flagged",
-                                                                "stored")}
+                                                                "stored", "crm", "crm_joins")}
         self.env = {**os.environ, "CALLQA_HOME": str(home), "CALLQA_KAFKA_BOOTSTRAP": bootstrap,
                     "CALLQA_APP_ID": self.app_id, "CALLQA_DATABASE_URL": self.db_url,
                     "CALLQA_RECORDINGS_DIR": os.pathsep.join(str(p) for p in recordings),
@@ -41,6 +41,7 @@ class WorkerProcess:
                     "CALLQA_TOPIC_TRANSCRIBED": self.topics["transcribed"],
                     "CALLQA_TOPIC_TAGGED": self.topics["tagged"], "CALLQA_TOPIC_DLQ": self.topics["dlq"],
                     "CALLQA_TOPIC_FLAGGED": self.topics["flagged"], "CALLQA_TOPIC_STORED": self.topics["stored"],
+                    "CALLQA_TOPIC_CRM": self.topics["crm"], "CALLQA_TOPIC_CRM_JOINS": self.topics["crm_joins"],
                     "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         self.log = home / f"worker-{self.app_id}-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen | None = None
@@ -108,3 +109,25 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, input:
     base["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     return subprocess.run([sys.executable, "-m", "callqa", *args], env={**base, **(env or {})}, cwd=cwd or REPO,
                           capture_output=True, text=True, input=input, timeout=timeout)
+
+
+def read_topic(bootstrap: str, topic: str, parse=lambda r: r) -> list:
+    """Every record of ``topic`` up to its end offsets now (``parse`` maps each ConsumerRecord)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    try:
+        parts = c.partitions_for_topic(topic)
+        if not parts:
+            return []
+        tps = [TopicPartition(topic, p) for p in parts]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        end = c.end_offsets(tps)
+        out = []
+        while any(c.position(tp) < end[tp] for tp in tps):
+            for recs in c.poll(timeout_ms=1000).values():
+                out += [parse(r) for r in recs]
+        return out
+    finally:
+        c.close()

@@ -28,6 +28,7 @@ def test_demo_report_names_the_intended_weak_stages(kafka_bootstrap, tmp_path, c
     assert run_demo(s, timeout_s=600) == 0
     out = capsys.readouterr().out
     assert "Weak stage" in out and "Anna Petrova" in out
+    assert "8 of 8 calls joined to their leads" in out and "Hot called in time" in out and "Step impact:" in out
     assert "Resetting the demo" in out and "Kept 1 review(s) from the previous demo run" in out
     # a demo admin for the web pages, its password printed once
     password = out.split("log in as admin with the password ")[1].split()[0]
@@ -50,3 +51,12 @@ def test_demo_report_names_the_intended_weak_stages(kafka_bootstrap, tmp_path, c
         flagged = {(f.call_id, f.code) for f in session.query(FlagRow)}
     notes = [CallFlagged.model_validate_json(m.value) for m in consume_all(kafka_bootstrap, s.topic_flagged)]
     assert flagged and {(n.call_id, code) for n in notes for code in n.new_flags} == flagged
+
+    # the funnel: every demo manager with leads, hot-lead response and conversion
+    from pipeline.funnel import funnel_rows
+    with session_factory(f"sqlite:///{tmp_path / 'demo' / 'callqa.db'}")() as session:
+        funnel = {m["manager_id"]: m for m in funnel_rows(session)["managers"]}
+    assert set(funnel) == set(intended)
+    assert {m: (f["leads"], f["hot_leads"], f["hot_called_in_time"], f["hot_missed"], f["won"])
+            for m, f in funnel.items()} == {"mgr-anna-petrova": (3, 2, 1, 1, 1), "mgr-mark-taylor": (3, 2, 1, 1, 2),
+                                            "mgr-ivan-sokolov": (3, 2, 1, 1, 0)}

@@ -25,6 +25,7 @@ from pipeline.ingest import zadarma as zadarma_mod
 from pipeline.ingest.hmacauth import body_signature
 from pipeline.ingest.managers import ManagerDirectory
 from pipeline.ingest.safety import URLPolicy, UnsafeURL, check_recording_url
+from tests.helpers import read_topic
 
 TWILIO_TOKEN = "12345abcdef"
 ZD_SECRET = "zd-secret"
@@ -41,24 +42,7 @@ MANAGERS = [
 
 
 def consume_all(bootstrap: str, topic: str) -> list[CallRecorded]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    try:
-        parts = c.partitions_for_topic(topic)
-        if not parts:
-            return []
-        tps = [TopicPartition(topic, p) for p in parts]
-        c.assign(tps)
-        c.seek_to_beginning(*tps)
-        end = c.end_offsets(tps)
-        out = []
-        while any(c.position(tp) < end[tp] for tp in tps):
-            for recs in c.poll(timeout_ms=1000).values():
-                out += [CallRecorded.model_validate_json(r.value) for r in recs]
-        return out
-    finally:
-        c.close()
+    return read_topic(bootstrap, topic, lambda r: CallRecorded.model_validate_json(r.value))
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ def test_agent_sets():
     with pytest.raises(ValueError, match="unknown agent.*transcibe"):
         parse_agents("transcibe")
     res = run_cli("worker", "--agents", "transcibe")
-    assert res.returncode == 2 and "choose from transcribe, tag, store, stats, failures" in res.stderr
+    assert res.returncode == 2 and "choose from transcribe, tag, store, stats, failures, crm" in res.stderr
 
 
 @pytest.mark.slow
@@ -29,7 +29,7 @@ def test_a_call_flows_through_two_workers_with_different_agents(kafka_bootstrap,
                         extra_env={"CALLQA_WORKER_AGENTS": "transcribe"})
     rest = WorkerProcess(kafka_bootstrap, tmp_path / "cpu", [shared_dir / "audio"], app_id=asr.app_id,
                          db_url=f"sqlite:///{tmp_path / 'shared.db'}",
-                         extra_env={"CALLQA_WORKER_AGENTS": "tag,store,stats,failures"})
+                         extra_env={"CALLQA_WORKER_AGENTS": "tag,store,stats,failures,crm"})
     asr.env["CALLQA_DATABASE_URL"] = rest.db_url  # one database; the transcribing worker never writes to it
     asr.start()
     rest.start()

@@ -60,7 +60,7 @@ def test_worker_metrics(kafka_bootstrap, tmp_path):
         assert 'callqa_events_processed_total{stage="tag"} 1.0' in text
         assert 'callqa_events_processed_total{stage="store"} 1.0' in text
         assert 'callqa_stage_seconds_count{stage="tag"} 1.0' in text
-        assert 'callqa_models_info{agents="transcribe,tag,store,stats,failures"' in text
+        assert 'callqa_models_info{agents="transcribe,tag,store,stats,failures,crm"' in text
         assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
     finally:
         w.stop()

@@ -99,3 +99,88 @@ class Coaching(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+class FunnelFigures(BaseModel):
+    leads: int
+    hot_leads: int
+    hot_due: int
+    hot_called_in_time: int
+    hot_in_time_share: Optional[float]
+    hot_missed: int
+    hot_median_delay_min: Optional[float]
+    median_first_call_min: Optional[float]
+    leads_called: int
+    calls: int
+    proposals: int
+    invoices: int
+    calls_per_lead: Optional[float]
+    proposals_per_lead: Optional[float]
+    won: int
+    lost: int
+    open: int
+    conversion: Optional[float]
+    revenue: dict[str, float]
+
+
+class FunnelManager(FunnelFigures):
+    manager_id: Optional[str]
+    manager_name: Optional[str]
+    team_id: Optional[str]
+
+
+class FunnelTeam(FunnelFigures):
+    team_id: Optional[str]
+
+
+class FunnelReport(BaseModel):
+    hot_lead_minutes: float
+    managers: list[FunnelManager]
+    teams: list[FunnelTeam]
+    total: FunnelFigures
+
+
+class Funnel(BaseModel):
+    funnel: FunnelReport
+
+
+class StepImpactRow(BaseModel):
+    step: str
+    leads_well: int
+    won_well: int
+    conversion_well: Optional[float]
+    leads_not_well: int
+    won_not_well: int
+    conversion_not_well: Optional[float]
+    difference: Optional[float]
+    interval: Optional[list[float]]
+    deals_lost: Optional[float]
+    money_lost: Optional[float]
+    verdict: str
+    note: str
+
+
+class StepImpactBlock(BaseModel):
+    closed_leads: int
+    won: int
+    average_deal: Optional[float]
+    currency: Optional[str]
+    steps: list[StepImpactRow]
+    costliest_step: Optional[str]
+    conclusion: str
+
+
+class StepImpactManager(StepImpactBlock):
+    manager_id: Optional[str]
+    manager_name: Optional[str]
+    team_id: Optional[str]
+
+
+class StepImpactReport(BaseModel):
+    min_leads: int
+    team: StepImpactBlock
+    managers: list[StepImpactManager]
+
+
+class StepImpact(BaseModel):
+    step_impact: StepImpactReport

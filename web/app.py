@@ -28,7 +28,7 @@ from config.settings import Settings, business_tz
 from models.db import session_factory
 from models.events import STEPS, CallTagged
 from models.tables import Call, Correction, FlagRow, ObjectionRow, SegmentRow, User
-from pipeline import accounts
+from pipeline import accounts, funnel
 from pipeline.corrections import CorrectionError, current_corrections, record_correction
 from pipeline import queries as qr
 from pipeline.accounts import Access
@@ -425,6 +425,49 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         """Managers by objection-handling shortfall, with the moments to coach on."""
         with sessions() as db:
             return {"coaching": own(who, qr.coaching_rows(db, scope(who, db, team, since, until)))}
+
+    @app.get("/api/funnel", response_model=am.Funnel, responses=errors)
+    def api_funnel(team: str = "", since: str = "", until: str = "", who: Me = Depends(me)):
+        """CRM leads per manager and team (created in the dates asked): hot leads called in time, activity per
+        lead, conversion to won deals, revenue (a manager sees only their own leads)."""
+        who.need("managers")
+        with sessions() as db:
+            return {"funnel": funnel.funnel_rows(db, scope(who, db, team, since, until), s.hot_lead_minutes,
+                                                 manager_id=who.access.manager_id)}
+
+    @app.get("/api/step-impact", response_model=am.StepImpact, responses=errors)
+    def api_step_impact(team: str = "", since: str = "", until: str = "", who: Me = Depends(me)):
+        """Per step: conversion of the closed leads whose calls did it well against those whose calls did not,
+        with counts, a 90% interval and a verdict (too few leads, unclear, costs deals), team-wide and per
+        manager."""
+        who.need("managers")
+        with sessions() as db:
+            return {"step_impact": funnel.step_impact(db, scope(who, db, team, since, until), s.min_leads,
+                                                      manager_id=who.access.manager_id)}
+
+    @app.get("/funnel", response_class=HTMLResponse, include_in_schema=False)
+    def funnel_page(request: Request, team: str = "", since: str = "", until: str = "", who: Me = Depends(me)):
+        who.need("managers")
+        with sessions() as db:
+            sc = scope(who, db, team, since, until)
+            data = funnel.funnel_rows(db, sc, s.hot_lead_minutes, manager_id=who.access.manager_id)
+            impact = funnel.step_impact(db, sc, s.min_leads, manager_id=who.access.manager_id)
+        L = who.labels
+        total = data["total"]
+        conv = {m["manager_name"] or m["manager_id"] or "–": {"score": m["conversion"], "team_score": total["conversion"]}
+                for m in data["managers"]}
+        hot = {m["manager_name"] or m["manager_id"] or "–": {"score": m["hot_in_time_share"],
+                                                              "team_score": total["hot_in_time_share"]}
+               for m in data["managers"] if m["hot_due"]}
+        steps = {r["step"]: {"score": r["conversion_well"], "team_score": r["conversion_not_well"]}
+                 for r in impact["team"]["steps"]}
+        charts_html = [charts.steps_vs_team(hot, str, L.t("Hot leads called in time"), L.t("manager"), L.t("all"))
+                       if hot else "",
+                       charts.steps_vs_team(conv, str, L.t("Lead to deal conversion"), L.t("manager"), L.t("all"))
+                       if conv else "",
+                       charts.steps_vs_team(steps, L.step, L.t("Conversion by step done well"), L.t("done well"),
+                                            L.t("not well")) if impact["team"]["closed_leads"] else ""]
+        return page(request, who, "funnel.html", data=data, impact=impact, charts=charts_html)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():

@@ -45,6 +45,20 @@ WORDS = {"ru": {
 }}
 
 TEXT = {"ru": {
+    "Funnel": "Воронка", "Leads to deals": "От лидов к сделкам", "Leads": "Лиды", "Hot": "Горячие",
+    "Hot called within %g min": "Горячим позвонили за %g мин", "Median delay": "Медиана задержки",
+    "Missed": "Пропущено", "Calls per lead": "Звонков на лид", "Proposals per lead": "КП на лид",
+    "Won / lost / open": "Выиграно / проиграно / в работе", "Conversion": "Конверсия", "Revenue": "Выручка",
+    "Teams": "Команды", "manager": "менеджер", "Hot leads called in time": "Горячие лиды: звонок вовремя",
+    "Lead to deal conversion": "Конверсия лида в сделку", "Conversion by step done well": "Конверсия: этап сделан хорошо",
+    "done well": "хорошо", "not well": "не хорошо", "Which weak step costs deals": "Какой слабый этап стоит сделок",
+    "Done well: won": "Хорошо: выиграно", "Not well: won": "Не хорошо: выиграно",
+    "Difference (90% interval)": "Разница (90% интервал)", "Deals lost": "Потеряно сделок", "Verdict": "Вывод",
+    "Per manager": "По менеджерам", "closed leads": "закрытых лидов",
+    "No CRM leads stored yet. Point your CRM webhooks at callqa ingest (README: CRM).":
+        "Лидов из CRM пока нет. Направьте вебхуки CRM на callqa ingest (README: CRM).",
+    "Closed leads (won or lost) with at least one recorded call; a step counts as done well when any of the lead’s calls did it well. Correlation, not proof: listen to the calls.":
+        "Закрытые лиды (выиграны или проиграны) хотя бы с одним записанным звонком; этап сделан хорошо, если он сделан хорошо хотя бы в одном звонке по лиду. Это связь, а не доказательство: слушайте звонки.",
     "Managers": "Менеджеры", "Review queue": "Очередь проверки", "Coaching": "Коучинг", "Rules": "Правила",
     "API": "API", "Log out": "Выйти", "Log in": "Войти", "User name": "Имя пользователя", "Password": "Пароль",
     "Wrong user name or password.": "Неверное имя пользователя или пароль.",

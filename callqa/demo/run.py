@@ -28,6 +28,31 @@ def demo_events(recordings: Path) -> list:
     return events
 
 
+def demo_crm_events() -> list:
+    """The demo's CRM: a lead for each call (some hot leads called late, one never), proposals, deals won
+    and lost (callqa/demo/crm.json, in the generic CRM event format)."""
+    from models.crm import parse_crm_event
+    return [parse_crm_event(d) for d in json.loads((DEMO_DIR / "crm.json").read_text())]
+
+
+def _wait_for_joins(sessions, crm_events: list, timeout_s: float = 60.0) -> int:
+    """Wait until every CRM event is recorded and the joins settle; how many calls joined a lead."""
+    from sqlalchemy import func, select
+
+    from models.tables import CrmLeadCall, CrmLeadEvent
+    deadline, last, stable = time.monotonic() + timeout_s, -1, 0
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            events = session.scalar(select(func.count()).select_from(CrmLeadEvent))
+            links = session.scalar(select(func.count()).select_from(CrmLeadCall))
+        stable = stable + 1 if (events == len(crm_events) and links == last) else 0
+        if stable >= 3:
+            break
+        last = links
+        time.sleep(1.0)
+    return last
+
+
 def _saved_reviews(db_url: str) -> list[dict]:
     """Reviews made on an earlier demo's calls, read before the demo resets its database."""
     from sqlalchemy import select
@@ -107,7 +132,8 @@ def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
 
     from callqa.broker import BrokerError, LocalBroker
     from callqa.publisher import Publisher
-    from callqa.report import manager_rows, render_managers
+    from callqa.report import manager_rows, render_funnel, render_managers
+    from pipeline import funnel
     from models.db import session_factory
     from models.tables import Call
 
@@ -145,7 +171,12 @@ def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
         with Publisher(s.kafka_bootstrap, s.topic_recorded) as pub:
             for ev in events:
                 pub.publish(ev)
-        print(f"Published {len(events)} sample calls to {s.topic_recorded}; transcribing and tagging...")
+        crm_events = demo_crm_events()
+        with Publisher(s.kafka_bootstrap, s.topic_crm) as pub:
+            for cev in crm_events:  # deals close before the calls are transcribed: the join takes any order
+                pub.publish_raw(cev.lead_key, cev.model_dump_json().encode())
+        print(f"Published {len(events)} sample calls to {s.topic_recorded} and {len(crm_events)} CRM events "
+              f"(leads, proposals, deals) to {s.topic_crm}; transcribing and tagging...")
         sessions = session_factory(s.db_url)
         ids = [e.call_id for e in events]
         started = time.monotonic()
@@ -177,11 +208,18 @@ def run_demo(base: Settings, timeout_s: float = 1200.0) -> int:
             print(f"  failed: {c.call_id} at {c.failed_stage}: {c.error}")
         print()
         print(render_managers(rows, s.min_calls_for_rank))
+        joined = _wait_for_joins(sessions, crm_events)
+        with sessions() as session:
+            funnel_data = funnel.funnel_rows(session, hot_minutes=s.hot_lead_minutes)
+            impact = funnel.step_impact(session, min_leads=s.min_leads)
+        print(f"\nThe CRM funnel ({joined} of {len(ids)} calls joined to their leads by the client's phone):\n")
+        print(render_funnel(funnel_data))
+        print(f"\nStep impact: {impact['team']['conclusion']} (`report step-impact` shows each step)")
         print()
         print(f"Database: {s.db_url}")
         cmd = _callqa_command()
         print(f"Again, any time: CALLQA_DATABASE_URL={s.db_url} {cmd} report "
-              "[managers|manager ID|flagged|flags|coaching]")
+              "[managers|manager ID|flagged|flags|coaching|funnel|step-impact]")
         print(f"In a browser:    CALLQA_HOME={home} CALLQA_DATABASE_URL={s.db_url} "
               f"CALLQA_RECORDINGS_DIR={s.recordings_dir} {cmd} web  (http://127.0.0.1:8080/)")
         user, password = _demo_admin(sessions)
