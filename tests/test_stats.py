@@ -201,22 +201,25 @@ def test_periods_are_iso_week_and_month():
     assert o.periods == ("all", "week:2026-W48", "month:2026-11")
 
 
+GROWTH_T0 = datetime(2024, 1, 1, 9, tzinfo=timezone.utc)
+
+
+def growth_outcome(i: int, n: int, variant: int = 0, revision: int = 1, manager: str = "m1") -> CallOutcome:
+    """Call ``i`` of one manager's ``n``: 50 a day, the first half in team north, the rest in south
+    (also bench/pipeline.py --scale)."""
+    steps = {s: ((i + j + variant) % 3 != 0, "good" if (i + j + variant) % 4 else "weak") for j, s in enumerate(STEPS)}
+    return CallOutcome(f"c{i}", manager, "north" if i < n // 2 else "south", steps,
+                       GROWTH_T0 + timedelta(minutes=i * 1440 // 50), (("price", (i + variant) % 2 == 0),),
+                       revision=revision)
+
+
 def test_one_manager_with_50000_calls_keeps_small_values_and_a_retag_still_replaces():
     """Five months at 50 calls a day filled one value up to Kafka's 1 MB limit before issue 13; now 50,000
     calls (nearly three years at 50 a day, two teams) leave every value of the table small."""
-    t0 = datetime(2024, 1, 1, 9, tzinfo=timezone.utc)
     n = 50_000
     state = StatsState(JsonTable())
-
-    def outcome(i: int, variant: int = 0, revision: int = 1) -> CallOutcome:
-        steps = {s: ((i + j + variant) % 3 != 0, "good" if (i + j + variant) % 4 else "weak")
-                 for j, s in enumerate(STEPS)}
-        return CallOutcome(f"c{i}", "m1", "north" if i < n // 2 else "south", steps,
-                           t0 + timedelta(minutes=i * 1440 // 50), (("price", (i + variant) % 2 == 0),),
-                           revision=revision)
-
     for i in range(n):
-        state.apply(update_of(outcome(i)), i)
+        state.apply(update_of(growth_outcome(i, n)), i)
     sizes = {k: len(v) for k, v in state.table.data.items() if len(k) == 2}
     assert len(sizes) == 1 + 143 + 33  # all time, the ISO weeks and months of 1,000 days
     assert max(sizes.values()) < 2_000  # the largest: "all", with both teams and the latest calls kept
@@ -227,10 +230,11 @@ def test_one_manager_with_50000_calls_keeps_small_values_and_a_retag_still_repla
     # a re-tag of a call from the first week replaces its contribution: every figure as if it had
     # been tagged that way from the start
     before = state.manager("m1")
-    applied = state.apply(update_of(outcome(7, variant=1, revision=2)), n)
+    applied = state.apply(update_of(growth_outcome(7, n, variant=1, revision=2)), n)
     assert applied.changed and applied.periods == ("month:2024-01", "week:2024-W01", "all")
     after = state.manager("m1")
     assert after.manager_totals()["greeting"]["calls"] == n
     assert after.totals != before.totals
-    fresh = aggregate(outcome(i, variant=1, revision=2) if i == 7 else outcome(i) for i in range(n))["m1"]
+    fresh = aggregate(growth_outcome(i, n, variant=1, revision=2) if i == 7 else growth_outcome(i, n)
+                      for i in range(n))["m1"]
     assert (after.totals, after.objections, after.team_id) == (fresh.totals, fresh.objections, fresh.team_id)
