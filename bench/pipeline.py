@@ -310,6 +310,8 @@ def scale_run(bootstrap: str, home: Path, n: int) -> dict:
     from tests.test_stats import growth_outcome
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024)
     w = WorkerProcess(bootstrap, home / f"scale-{n}", [home])
+    w.home.mkdir(parents=True, exist_ok=True)
+    w.sessions  # create the database now: the worker and this process migrating it at once collide
     w.start()
     try:
         wait_ready(w)
