@@ -1,7 +1,7 @@
 """The Faust app: agents chained by topics, plus the dead-letter mirror.
 
     calls.recorded -> transcribe -> calls.transcribed -> tag -> calls.tagged -> store -> SQL
-    store -> calls.stored (key: manager_id) -> manager_stats -> Faust table + SQL mirror
+    store -> calls.stored (key: manager_id) -> manager_stats -> Faust table + SQL mirror (touched periods)
     store -> outbox (same transaction) -> calls.flagged, and retractions on calls.stored
     crm.events -> crm (leads, deals in SQL) -> crm.joins (key: phone) <- store (the call's client phone)
     crm.joins -> join (calls <-> leads of one phone, recomputed: any order, any replay)
@@ -108,9 +108,10 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
     crm_joins = app.topic(s.topic_crm_joins)
     outbox_topics = {"stats": stored, "flagged": flagged}
     tz = s.tz
-    # Live per-manager statistics; the changelog topic makes them survive restarts and rebalances.
-    # Plain JSON values (no key_type/value_type): Faust would call dict.from_data() during recovery
-    # and silently stall it.
+    # Live statistics (pipeline.stats.StatsState): per manager and period the counts, per manager and
+    # call its contribution, in one table so both share the manager's changelog partition; the changelog
+    # topic makes them survive restarts and rebalances. Plain JSON values (no key_type/value_type): Faust
+    # would call dict.from_data() during recovery and silently stall it.
     stats_table = app.Table("manager-stats", default=None, partitions=s.topic_partitions,
                             schema=faust.Schema(key_serializer="json", value_serializer="json")) \
         if "stats" in agents else None
@@ -258,28 +259,28 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
 
     @agent("stats", stored)
     async def manager_stats(stream):
-        from pipeline.stats import apply_update
+        from pipeline.stats import StatsState
         from pipeline.store import mirror_manager_stats
-        # calls.stored is keyed by manager_id, so one worker owns each manager's row of the table.
-        async for raw in stream:
+        state = StatsState(stats_table)
+        # calls.stored is keyed by manager_id, so one worker owns each manager's keys of the table.
+        async for event in stream.events():
             try:
-                update = StatsUpdate.model_validate_json(raw)
+                update = StatsUpdate.model_validate_json(event.value)
             except ValueError:
-                log.error("not a statistics update on %s: %r", s.topic_stored, raw[:200])
+                log.error("not a statistics update on %s: %r", s.topic_stored, event.value[:200])
                 continue
-            ms, changed = apply_update(stats_table.get(update.manager_id), update)
-            if changed:
-                stats_table[update.manager_id] = ms.to_dict()
+            applied = state.apply(update, offset=event.message.offset)
+            ms = state.manager(update.manager_id, applied.periods)
             # mirrored even when unchanged: a crash between the table write and SQL is healed by the replay.
             # Retried: with two workers, the other one's store agent can insert the manager's row between
             # our read and our insert (IntegrityError on managers), and an exception here would crash the
             # agent and stop the statistics of its partitions for good (bench/pipeline.py --two-workers).
             for attempt in range(5):
                 try:
-                    await in_db(mirror_manager_stats, ms)
+                    await in_db(mirror_manager_stats, ms, applied.periods)
                     break
                 except Exception:
-                    if attempt == 4:  # the table stays right; the mirror heals on this manager's next call
+                    if attempt == 4:  # the table stays right; the mirror heals as the manager's next calls touch the periods
                         log.exception("could not mirror the statistics of manager %s to SQL", ms.manager_id)
                         break
                     await asyncio.sleep(0.25 * 2 ** attempt)

@@ -10,7 +10,13 @@
     call after the worker is ready (includes starting the ASR processes and loading the model),
     "warm" = the following calls.
 
+(c) Scale (--scale, run on its own): one manager's 5,000 and 50,000 calls through the statistics
+    agent; ms and memory per call at both sizes (flat is the target), and the recovery time after a
+    restart, proven by a re-tag of an old call counted right. `--json FILE` writes
+    {"scale": {"5000": {"ms_per_call", "rss_mb", "recovery_s", ...}, "50000": {...}}}.
+
 Run:  .venv/bin/python bench/pipeline.py [--calls 2000] [--warm 3] [--write-readme]
+      .venv/bin/python bench/pipeline.py --scale [--json FILE] [--write-readme]
 It starts its own broker (or uses --bootstrap), and a worker with default settings (faster-whisper
 base int8, 2 ASR processes, SQLite) in a temporary CALLQA_HOME.
 """
@@ -33,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from sqlalchemy import func, select  # noqa: E402
 
-from models.events import CallRecorded, CallTagged, CallTranscribed  # noqa: E402
+from models.events import CallRecorded, CallTagged, CallTranscribed, StatsUpdate  # noqa: E402
 from models.tables import Call, ManagerStageStat  # noqa: E402
 from tests.helpers import SHARED, WorkerProcess  # noqa: E402
 from tests.test_resilience import transcribed_event  # noqa: E402
@@ -64,7 +70,7 @@ def tp_events(n: int, prefix: str) -> list[CallTranscribed]:
 def in_process_costs(n: int, workdir: Path) -> dict[str, float]:
     """ms per call of each agent's work without Kafka: tag, store, statistics (table value + SQL mirror)."""
     from models.db import session_factory
-    from pipeline.stats import ManagerStats, outcome_from_tagged
+    from pipeline.stats import JsonTable, StatsState, outcome_from_tagged
     from pipeline.store import mirror_manager_stats, store_tagged
     from pipeline.tagging import load_rules
     from pipeline.tagging.retag import retag
@@ -90,18 +96,17 @@ def in_process_costs(n: int, workdir: Path) -> dict[str, float]:
             store_tagged(s, ev)
     store_ms = (time.perf_counter() - t) * 1000 / n
 
-    table: dict[str, dict] = {}
+    state = StatsState(JsonTable())  # values through JSON, as the changelog carries them
     t = time.perf_counter()
     mirror_s = 0.0
-    for raw in tagged:
+    for offset, raw in enumerate(tagged):
         ev = CallTagged.model_validate_json(raw)
-        cur = table.get(ev.manager_id)
-        ms = ManagerStats.from_dict(cur) if cur else ManagerStats(ev.manager_id)
-        ms.apply(outcome_from_tagged(ev))
-        table[ev.manager_id] = json.loads(json.dumps(ms.to_dict()))  # the changelog's JSON round trip
+        o = outcome_from_tagged(ev, revision=1)
+        applied = state.apply(StatsUpdate(op="apply", call_id=o.call_id, manager_id=o.manager_id, revision=1,
+                                          outcome=o.to_compact()), offset)
         t1 = time.perf_counter()
         with sessions.begin() as s:
-            mirror_manager_stats(s, ms)
+            mirror_manager_stats(s, state.manager(o.manager_id, applied.periods), applied.periods)
         mirror_s += time.perf_counter() - t1
     stats_ms = (time.perf_counter() - t) * 1000 / n
     return {"tag": tag_ms, "store": store_ms, "stats": stats_ms, "mirror": mirror_s * 1000 / n,
@@ -226,6 +231,220 @@ def two_workers(bootstrap: str, home: Path, n: int) -> dict:
         b.stop()
 
 
+# ---------------------------------------------------------------------------------------------- scale
+
+SCALE_MANAGER = "scale-mgr"
+SCALE_START, SCALE_END = "<!-- scale:start -->", "<!-- scale:end -->"
+LOG_TIME = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
+
+
+def scale_update(i: int, n: int, variant: int = 0, revision: int = 1) -> StatsUpdate:
+    """Call ``i`` of the one manager's ``n`` (tests/test_stats.py: 50 a day, two teams), as the store
+    sends it on calls.stored."""
+    from tests.test_stats import growth_outcome
+    o = growth_outcome(i, n, variant, revision, SCALE_MANAGER)
+    return StatsUpdate(op="apply", call_id=o.call_id, manager_id=SCALE_MANAGER, revision=revision,
+                       outcome=o.to_compact())
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def changelog_records(bootstrap: str, topic: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
+        return sum(c.end_offsets(tps).values()) - sum(c.beginning_offsets(tps).values())
+    finally:
+        c.close()
+
+
+def restore_window(log: Path) -> float | None:
+    """Seconds between Faust's "Restoring state from changelog topics" and "Done reading from changelog
+    topics" in a worker's log."""
+    start = end = None
+    for line in log.read_text(errors="replace").splitlines():
+        m = LOG_TIME.search(line)
+        if m and start is None and "Restoring state from changelog" in line:
+            start = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        elif m and "Done reading from changelog" in line:
+            end = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+    return (end - start).total_seconds() if start and end else None
+
+
+def scale_in_process(n: int, workdir: Path, window: int = 1000) -> dict:
+    window = min(window, n // 2)
+    """The statistics agent's work without Kafka for one manager's n calls: ms per call (apply + SQL mirror
+    of the touched periods) over the last ``window`` calls, and the sizes of the table's values."""
+    from models.db import session_factory
+    from pipeline.stats import JsonTable, StatsState
+    from pipeline.store import mirror_manager_stats
+    state = StatsState(JsonTable())
+    sessions = session_factory(f"sqlite:///{workdir / f'scale-inproc-{n}.db'}")
+    for i in range(n - window):
+        state.apply(scale_update(i, n), i)
+    with sessions.begin() as s:
+        mirror_manager_stats(s, state.manager(SCALE_MANAGER))
+    t = time.perf_counter()
+    for i in range(n - window, n):
+        applied = state.apply(scale_update(i, n), i)
+        with sessions.begin() as s:
+            mirror_manager_stats(s, state.manager(SCALE_MANAGER, applied.periods), applied.periods)
+    ms = (time.perf_counter() - t) * 1000 / window
+    counts = [len(v) for k, v in state.table.data.items() if len(k) == 2]
+    calls = [len(v) for k, v in state.table.data.items() if len(k) == 3]
+    return {"ms_per_call": ms, "periods": len(counts), "largest_value_bytes": max(counts),
+            "counts_bytes": sum(counts), "call_entry_bytes": sum(calls) / len(calls)}
+
+
+def scale_run(bootstrap: str, home: Path, n: int) -> dict:
+    """One manager's n calls through a real worker's statistics agent (StatsUpdates published on its
+    calls.stored), then a restart: how long until a re-tag of an old call is counted right."""
+    from kafka import KafkaProducer
+    from pipeline import stats
+    from tests.test_stats import growth_outcome
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024)
+    w = WorkerProcess(bootstrap, home / f"scale-{n}", [home])
+    w.home.mkdir(parents=True, exist_ok=True)
+    w.sessions  # create the database now: the worker and this process migrating it at once collide
+    w.start()
+    try:
+        wait_ready(w)
+        rss_ready = rss_mb(w.proc.pid)
+        t0 = time.perf_counter()
+        for i in range(n):
+            producer.send(w.topics["stored"], key=SCALE_MANAGER.encode(),
+                          value=scale_update(i, n).model_dump_json().encode())
+        producer.flush()
+        marks: dict[float, float] = {}
+        deadline = time.monotonic() + max(600, n / 20)
+        while len(marks) < 2:
+            done = mirrored_calls(w, [SCALE_MANAGER])
+            for frac in (0.9, 1.0):
+                if frac not in marks and done >= frac * n:
+                    marks[frac] = time.perf_counter() - t0
+            if w.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"scale run stalled at {done}/{n}: {w.log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+        rss = rss_mb(w.proc.pid)
+    finally:
+        w.stop()
+    records = changelog_records(bootstrap, f"{w.app_id}-manager-stats-changelog")
+    # restart on the same topics, changelog and database; a re-tag of call 7 must replace, not add
+    expected = stats.aggregate(growth_outcome(i, n, 1, 2, SCALE_MANAGER) if i == 7 else
+                               growth_outcome(i, n, manager=SCALE_MANAGER) for i in range(n))[SCALE_MANAGER]
+    w2 = WorkerProcess(bootstrap, w.home, [home], app_id=w.app_id, db_url=w.db_url)
+    w2.topics, w2.env = w.topics, w.env
+    t0 = time.perf_counter()
+    w2.start()
+    try:
+        producer.send(w.topics["stored"], key=SCALE_MANAGER.encode(),
+                      value=scale_update(7, n, variant=1, revision=2).model_dump_json().encode())
+        producer.flush()
+        deadline = time.monotonic() + 600
+        from pipeline.store import mirrored_stats
+        while True:
+            with w2.sessions() as s:
+                got = mirrored_stats(s).get(SCALE_MANAGER)
+            if got is not None and got.totals == expected.totals:
+                recovery_s = time.perf_counter() - t0
+                break
+            if w2.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the re-tag after the restart was not counted right: "
+                                   f"{w2.log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+        rss_recovered = rss_mb(w2.proc.pid)
+    finally:
+        w2.stop()
+        producer.close()
+    return {"n": n, "ms_per_call": (marks[1.0] - marks[0.9]) * 1000 / (0.1 * n),
+            "ms_per_call_avg": marks[1.0] * 1000 / n, "rss_mb": rss, "rss_ready_mb": rss_ready,
+            "kb_per_call": (rss - rss_ready) * 1024 / n, "recovery_s": recovery_s,
+            "restore_s": restore_window(w2.log), "rss_recovered_mb": rss_recovered, "changelog_records": records}
+
+
+def fmt_scale(runs: dict[int, dict], inproc: dict[int, dict], seconds: float) -> str:
+    a, b = (runs[k] for k in sorted(runs))
+    ia, ib = (inproc[k] for k in sorted(inproc))
+    na, nb = a["n"], b["n"]
+    r = b["ms_per_call"] / a["ms_per_call"]
+    lines = [
+        "## Scale: one manager's history",
+        "",
+        "`bench/pipeline.py --scale` (run: `.venv/bin/python bench/pipeline.py --scale --json scale.json "
+        f"--write-readme`). One manager, {na:,} and {nb:,} calls at 50 a day (two teams, the ISO weeks and "
+        "months of up to three years), each a `StatsUpdate` published on a fresh worker's `calls.stored` "
+        "(so the statistics agent alone is measured: Faust table, changelog, SQLite mirror), then the worker "
+        "stopped and a new one started on the same changelog and database, with a re-tag of call 7 "
+        f"published at once. {os.cpu_count()} CPU cores **shared with other work**, Kafka 3.9.1 (KRaft, local), "
+        f"Python {platform.python_version()}.",
+        "",
+        f"| measure | {na:,} calls | {nb:,} calls | ratio |",
+        "|---|---|---|---|",
+        f"| worker: ms per call, last 10 % of the calls | {a['ms_per_call']:.2f} | {b['ms_per_call']:.2f} | "
+        f"**{r:.2f}** |",
+        f"| worker: ms per call, all calls | {a['ms_per_call_avg']:.2f} | {b['ms_per_call_avg']:.2f} | "
+        f"{b['ms_per_call_avg'] / a['ms_per_call_avg']:.2f} |",
+        f"| worker RSS after the calls (ready: {a['rss_ready_mb']:.0f} / {b['rss_ready_mb']:.0f} MB) | "
+        f"{a['rss_mb']:.0f} MB | {b['rss_mb']:.0f} MB | {b['rss_mb'] / a['rss_mb']:.2f} |",
+        f"| RSS growth per call | {a['kb_per_call']:.2f} KB | {b['kb_per_call']:.2f} KB | "
+        f"{b['kb_per_call'] / a['kb_per_call']:.2f} |",
+        f"| changelog records | {a['changelog_records']:,} | {b['changelog_records']:,} | "
+        f"{b['changelog_records'] / a['changelog_records']:.1f} |",
+        f"| recovery: restart → the re-tag counted right (replaced, not added) | {a['recovery_s']:.1f} s | "
+        f"{b['recovery_s']:.1f} s | {b['recovery_s'] / a['recovery_s']:.2f} |",
+        f"| of which Faust read the changelog | {a['restore_s'] or 0:.1f} s | {b['restore_s'] or 0:.1f} s | – |",
+        f"| in-process (no Kafka): apply + SQL mirror, ms per call, last {min(1000, na // 2):,} calls | {ia['ms_per_call']:.2f} | "
+        f"{ib['ms_per_call']:.2f} | {ib['ms_per_call'] / ia['ms_per_call']:.2f} |",
+        f"| table: periods kept / largest value / all counts of the manager | {ia['periods']} / "
+        f"{ia['largest_value_bytes']} B / {ia['counts_bytes'] / 1024:.1f} KB | {ib['periods']} / "
+        f"{ib['largest_value_bytes']} B / {ib['counts_bytes'] / 1024:.1f} KB | – |",
+        f"| table: one call's entry | {ia['call_entry_bytes']:.0f} B | {ib['call_entry_bytes']:.0f} B | – |",
+    ]
+    if seconds:
+        lines += ["", f"_Benchmark ran in {seconds:.0f} s._"]
+    return "\n".join(lines)
+
+
+def scale(args, started: float) -> int:
+    sizes = tuple(int(x) for x in args.scale_sizes.split(","))
+    runs, inproc = {}, {}
+    broker = None
+    with tempfile.TemporaryDirectory(prefix="callqa-scale-") as tmp:
+        tmp = Path(tmp)
+        for n in sizes:
+            print(f"scale, in-process: {n} calls...", file=sys.stderr)
+            inproc[n] = scale_in_process(n, tmp)
+            print(json.dumps(inproc[n]), file=sys.stderr)
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            from callqa.broker import LocalBroker
+            broker = LocalBroker(workdir=tmp / "kafka").start(log=lambda m: print(m, file=sys.stderr))
+            bootstrap = broker.bootstrap
+        try:
+            for n in sizes:
+                print(f"scale, worker: {n} calls...", file=sys.stderr)
+                runs[n] = scale_run(bootstrap, tmp, n)
+                print(json.dumps(runs[n]), file=sys.stderr)
+        finally:
+            if broker is not None:
+                broker.stop()
+    section = fmt_scale(runs, inproc, time.perf_counter() - started)
+    print(json.dumps({"scale": {str(n): runs[n] for n in sizes}}, indent=2))
+    print(section)
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"scale": {str(n): {**runs[n], "in_process": inproc[n]} for n in sizes}}, indent=2))
+    if args.write_readme:
+        write_readme(section, SCALE_START, SCALE_END)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 def fmt_table(tp: dict, tp2: dict | None, ip: dict, cold: dict, warm: list[dict], seconds: float) -> str:
@@ -273,7 +492,7 @@ def fmt_table(tp: dict, tp2: dict | None, ip: dict, cold: dict, warm: list[dict]
         "|---|---|---|",
         f"| tag: parse CallTranscribed, `retag` (`tag_call` + building CallTagged), serialise | {ip['tag']:.2f} | {1000 / ip['tag']:.0f} |",
         f"| store: parse CallTagged, `store_tagged` in one SQLite transaction | {ip['store']:.2f} | {1000 / ip['store']:.0f} |",
-        f"| statistics: parse, `ManagerStats.apply`, JSON round trip, `mirror_manager_stats` transaction "
+        f"| statistics: parse, `StatsState.apply` (JSON round trip), `mirror_manager_stats` of the touched periods "
         f"(of which the mirror: {ip['mirror']:.2f}) | {ip['stats']:.2f} | {1000 / ip['stats']:.0f} |",
         f"| sum (one core) | {ip['tag'] + ip['store'] + ip['stats']:.2f} | "
         f"{1000 / (ip['tag'] + ip['store'] + ip['stats']):.0f} |",
@@ -299,11 +518,11 @@ def fmt_table(tp: dict, tp2: dict | None, ip: dict, cold: dict, warm: list[dict]
     return "\n".join(lines)
 
 
-def write_readme(section: str) -> None:
+def write_readme(section: str, start: str = START, end: str = END) -> None:
     text = README.read_text(encoding="utf-8")
-    block = f"{START}\n{section}\n{END}"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    block = f"{start}\n{section}\n{end}"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     README.write_text(text, encoding="utf-8")
@@ -318,11 +537,17 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--two-workers", action="store_true",
                     help="also run the throughput test with two worker processes (same group, same database)")
-    ap.add_argument("--write-readme", action="store_true", help="replace the Pipeline section of bench/README.md")
+    ap.add_argument("--scale", action="store_true",
+                    help="only the one-manager growth test: 5,000 and 50,000 calls, per-call time and memory, "
+                         "recovery after a restart")
+    ap.add_argument("--scale-sizes", default="5000,50000", help="the two history sizes of --scale")
+    ap.add_argument("--write-readme", action="store_true", help="replace the section of bench/README.md")
     ap.add_argument("--json", help="also write the raw numbers here")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
+    if args.scale:
+        return scale(args, started)
 
     broker = None
     with tempfile.TemporaryDirectory(prefix="callqa-bench-") as tmp:

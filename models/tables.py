@@ -191,10 +191,11 @@ class ManagerStageStat(Base):
     under the team it was made in, whichever team the manager is in now."""
 
     __tablename__ = "manager_stage_stats"
+    __table_args__ = (Index("ix_manager_stage_stats_period", "manager_id", "period"),)  # rewritten by period
     manager_id: Mapped[str] = mapped_column(ForeignKey("managers.manager_id"), primary_key=True)
     team_id: Mapped[str] = mapped_column(String(200), primary_key=True, default="")
     step: Mapped[str] = mapped_column(String(32), primary_key=True)
-    period: Mapped[str] = mapped_column(String(16), primary_key=True)  # "all" (weeks and months later)
+    period: Mapped[str] = mapped_column(String(16), primary_key=True)  # "all", "week:2026-W48", "month:2026-11"
     calls: Mapped[int] = mapped_column(Integer)
     occurred: Mapped[int] = mapped_column(Integer)
     quality_passed: Mapped[int] = mapped_column(Integer)
@@ -211,6 +212,7 @@ class ManagerStageStat(Base):
 
 class ManagerObjectionStat(Base):
     __tablename__ = "manager_objection_stats"
+    __table_args__ = (Index("ix_manager_objection_stats_period", "manager_id", "period"),)
     manager_id: Mapped[str] = mapped_column(ForeignKey("managers.manager_id"), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), primary_key=True)
     period: Mapped[str] = mapped_column(String(16), primary_key=True)

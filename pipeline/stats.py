@@ -1,23 +1,55 @@
-"""Weak-stage maths: pure functions over per-call contributions.
+"""Weak-stage maths: pure functions over per-call contributions, and the live table they are kept in.
 
-Each call contributes, per step: whether it occurred, its quality, whether the
-call went on to the next step that happened, and a score (1 done well, 0.5
-present but weak, 0 missing; objection handling is only scored on calls where
-the client objected). A manager's figures are the sum of their calls'
-contributions, kept per period (all time, ISO week, month — in the business
-time zone) and per team the call was made in. Contributions are keyed by
-call_id and carry the store's revision, so applying a call again — a replay, a
-re-tag — replaces its old contribution instead of adding a second one, an older
-revision arriving late changes nothing, and a call that moved to another
-manager is retracted from the old one.
+Each call contributes, per step: whether it occurred, its quality, whether the call went on to the next
+step that happened, and a score (1 done well, 0.5 present but weak, 0 missing; objection handling is only
+scored on calls where the client objected). A manager's figures are the sum of their calls'
+contributions, kept per period (all time, ISO week, month — in the business time zone) and per team the
+call was made in. Contributions are keyed by call_id and carry the store's revision, so applying a call
+again — a replay, a re-tag — replaces its old contribution instead of adding a second one, an older
+revision arriving late changes nothing, and a call that moved to another manager is retracted from the
+old one.
 
-Weak stage: for a manager with enough calls, the step whose mean score falls
-furthest below the pooled mean of the team's calls, among steps with enough
-scored calls behind them.
+The live table (``StatsState``; issue 13). Per-call contributions live apart from the counts, so that
+no table value grows with a manager's history (one value per manager holding every contribution hit
+Kafka's 1 MB message limit at about 7,000 calls):
+
+* ``(manager_id, "call", call_id)`` -> the call's current contribution (about 150 bytes) or a
+  retraction marker with its revision (kept, so an older "apply" redelivered later stays out);
+* ``(manager_id, period)`` -> that period's counts only: per team, per step the seven counters (sums
+  of scores and of their squares for the 90 % intervals), objections by kind; "all" also keeps the
+  manager's ``KEPT_LATEST`` latest calls naming a team, to follow their team.
+
+Why keyed by manager and call, in the one table, fed by calls.stored keyed by manager_id: an update must
+read the call's old contribution and change the counts in one step, so both must be on the partition
+that carries the manager's updates. A Faust table writes a key to the changelog partition of the event
+being processed, so the contribution lands beside its manager's counts and a worker that takes over
+the partition recovers both. Keying contributions by call_id alone, with calls.stored re-keyed by call,
+would need a second hop carrying count deltas to a manager-keyed agent: deltas are not idempotent
+under Kafka's at-least-once delivery. A call that moves to another manager leaves a retraction marker
+under the old one (sent through the store's outbox, as before) and gets a fresh entry under the new.
+
+A redelivered update (a worker died after writing some of an update's keys but before committing its
+offset) must not count twice. The keys go to one changelog partition in the order written, and Kafka
+keeps that order, so what survives a crash is a prefix of the writes. Each period's counts remember
+the calls.stored offset of the last update that changed them ("k"), and the call's entry is written
+last: on a redelivery, counts whose offset is not older than the update's are left alone, and the entry
+(still the old one if its write was lost) decides whether anything else is to do. This relies on
+calls.stored never being recreated under a running changelog (its offsets would start again).
+
+An update reads and writes at most six small keys, whatever the history; recovery after a restart
+reads the changelog (one small record per write), so it takes time proportional to the changelog, and
+compaction keeps that to about one record per call and one per manager and period. Values written by
+an older worker (one per manager, keyed by manager_id alone) are split into the new keys the first time
+an update for that manager arrives.
+
+Weak stage: for a manager with enough calls, the step whose mean score falls furthest below the pooled
+mean of the team's calls, among steps with enough scored calls behind them.
 """
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from typing import Any, Iterable, Optional
@@ -29,7 +61,6 @@ CLIENT_DRIVEN = {"objection_handling"}
 QUALITY_CODE = {None: 0, "missing": 0, "weak": 1, "good": 2}
 CODE_QUALITY = {0: None, 1: "weak", 2: "good"}
 COUNTERS = ("calls", "occurred", "quality_passed", "reached_next", "scored", "score_sum", "score_sq")
-FORMAT = 2  # of ManagerStats.to_dict; older values are rebuilt from their contributions
 Z90 = 1.645  # the weak-stage gap is shown with a 90 % interval
 
 
@@ -132,8 +163,12 @@ def _retracted(c: dict[str, Any]) -> bool:
     return bool(c.get("x"))
 
 
-def _call_time(c: dict[str, Any]) -> datetime:
-    return datetime.fromisoformat(c["a"]).astimezone(UTC) if c["a"] else datetime.min.replace(tzinfo=UTC)
+def _at(iso: Optional[str]) -> datetime:
+    """A contribution's start time as an aware UTC instant (calls without one sort first)."""
+    if not iso:
+        return datetime.min.replace(tzinfo=UTC)
+    t = datetime.fromisoformat(iso)
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def _team_key(team_id: Optional[str]) -> str:
@@ -142,65 +177,24 @@ def _team_key(team_id: Optional[str]) -> str:
 
 @dataclass
 class ManagerStats:
-    """One manager's running totals per period and team, plus each call's contribution (for replacement).
+    """One manager's counts per period and team: what the statistics show, and nothing per call.
 
-    This is the value kept in the Faust table; ``to_dict``/``from_dict`` give its JSON form.
+    The live table keeps these counts one period per key (``StatsState``); ``aggregate`` computes them
+    from scratch, and ``pipeline.store.mirrored_stats`` reads them back from SQL.
     """
 
     manager_id: str
-    team_id: Optional[str] = None  # the team of the manager's most recent call
-    contributions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    team_id: Optional[str] = None  # the team of the manager's most recent call that names one
     # period -> team ("" for none) -> step -> counter -> value
     totals: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
     # period -> kind -> [raised, answered]
     objections: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
-    def apply(self, outcome: CallOutcome) -> bool:
-        """Add a call, replacing its earlier contribution. Returns False if nothing changed.
-
-        A contribution from an older revision than the one held is stale (a late redelivery) and ignored.
-        """
-        old = self.contributions.get(outcome.call_id)
-        if old is not None and int(old.get("r", 0)) > outcome.revision:
-            return False
-        compact = outcome.to_compact()
-        if old == compact:
-            return False
-        if old is not None and not _retracted(old):
-            self._add(CallOutcome.from_compact(outcome.call_id, self.manager_id, old), -1)
-        self._add(outcome, +1)
-        self.contributions[outcome.call_id] = compact
-        self._follow_team()
-        return True
-
-    def retract(self, call_id: str, revision: int) -> bool:
-        """Remove a call that a newer store (``revision``) gave to another manager."""
-        old = self.contributions.get(call_id)
-        if old is not None and int(old.get("r", 0)) >= revision:
-            return False
-        if old is not None and not _retracted(old):
-            self._add(CallOutcome.from_compact(call_id, self.manager_id, old), -1)
-        # A marker, not a deletion: an older "apply" of this call redelivered after the retraction (two
-        # producers during a rebalance) must find it and stay out.
-        self.contributions[call_id] = {"r": revision, "x": 1}
-        self._follow_team()
-        return True
-
-    def counted(self) -> dict[str, dict[str, Any]]:
-        """call_id -> contribution, for the calls that count (not those retracted)."""
-        return {k: v for k, v in self.contributions.items() if not _retracted(v)}
-
-    def _follow_team(self) -> None:
-        # The team of the most recent call that names one (as the managers table keeps it); a scan, as
-        # the contributions bound the changelog value anyway.
-        latest = max((c for c in self.contributions.values() if not _retracted(c) and c["t"]), key=_call_time,
-                     default=None)
-        self.team_id = latest["t"] if latest else None
-
-    def _add(self, o: CallOutcome, sign: int) -> None:
+    def add(self, o: CallOutcome, sign: int, periods: Optional[Iterable[str]] = None) -> None:
+        """Add (sign +1) or take away (-1) one call's counters, in its periods (or those of them given)."""
         counters = o.counters()
         team = _team_key(o.team_id)
-        for period in o.periods:
+        for period in o.periods if periods is None else [p for p in o.periods if p in periods]:
             teams = self.totals.setdefault(period, {})
             steps = teams.setdefault(team, {})
             for step, c in counters.items():
@@ -231,36 +225,272 @@ class ManagerStats:
                     acc[k] = round(acc[k] + c.get(k, 0), 6)
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"v": FORMAT, "manager_id": self.manager_id, "team_id": self.team_id,
-                "contributions": self.contributions, "totals": self.totals, "objections": self.objections}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ManagerStats":
-        if d.get("v") != FORMAT:  # written by an older worker: rebuild the totals from the contributions
-            ms = cls(d["manager_id"])
-            for cid, c in d.get("contributions", {}).items():
-                if not _retracted(c):
-                    ms.apply(CallOutcome.from_compact(cid, ms.manager_id, c))
-            return ms
-        return cls(d["manager_id"], d.get("team_id"), d.get("contributions", {}), d.get("totals", {}),
-                   d.get("objections", {}))
-
-
-def apply_update(current: Optional[dict[str, Any]], update: StatsUpdate) -> tuple[ManagerStats, bool]:
-    """One statistics update (from the store, on calls.stored) applied to a manager's table value."""
-    ms = ManagerStats.from_dict(current) if current else ManagerStats(update.manager_id)
-    if update.op == "retract":
-        return ms, ms.retract(update.call_id, update.revision)
-    o = CallOutcome.from_compact(update.call_id, update.manager_id, update.outcome or {})
-    return ms, ms.apply(o)
-
 
 def aggregate(outcomes: Iterable[CallOutcome]) -> dict[str, ManagerStats]:
-    out: dict[str, ManagerStats] = {}
+    """The statistics computed from scratch: each (manager, call)'s newest contribution (by revision, the
+    later of equal ones), summed; a manager's team is that of their latest call naming one (by start
+    time, then call_id). This is what the live table must always equal."""
+    latest: dict[tuple[str, str], CallOutcome] = {}
     for o in outcomes:
-        out.setdefault(o.manager_id, ManagerStats(o.manager_id)).apply(o)
+        k = (o.manager_id, o.call_id)
+        if k not in latest or o.revision >= latest[k].revision:
+            latest[k] = o
+    out: dict[str, ManagerStats] = {}
+    newest: dict[str, CallOutcome] = {}
+    for o in latest.values():
+        out.setdefault(o.manager_id, ManagerStats(o.manager_id)).add(o, +1)
+        best = newest.get(o.manager_id)
+        if o.team_id and (best is None or _rank(_latest_entry(o)) > _rank(_latest_entry(best))):
+            newest[o.manager_id] = o
+    for mid, o in newest.items():
+        out[mid].team_id = o.team_id
     return out
+
+
+# ------------------------------------------------------------------------------------------- live table
+ALL = "all"
+KEPT_LATEST = 8  # the manager's latest calls naming a team, kept to follow their team without a scan
+_FACT = ("t", "a", "s", "o", "p", "r", "x")  # a contribution entry's fields about the call
+
+
+def period_key(manager_id: str, period: str) -> tuple[str, str]:
+    return (manager_id, period)
+
+
+def call_key(manager_id: str, call_id: str) -> tuple[str, str, str]:
+    return (manager_id, "call", call_id)
+
+
+def _is_period_key(k: Any) -> bool:
+    return isinstance(k, (tuple, list)) and len(k) == 2
+
+
+def _is_call_key(k: Any) -> bool:
+    return isinstance(k, (tuple, list)) and len(k) == 3 and k[1] == "call"
+
+
+def _latest_entry(o: CallOutcome) -> list:
+    return [o.started_at.isoformat() if o.started_at else None, o.call_id, o.team_id]
+
+
+def _rank(entry: list) -> tuple[datetime, str]:
+    return _at(entry[0]), entry[1]
+
+
+def _ordered(periods: Iterable[str]) -> tuple[str, ...]:
+    """Touched periods in write order: "all" last (it carries the team bookkeeping)."""
+    return tuple(sorted(set(periods), key=lambda p: (p == ALL, p)))
+
+
+def _encode_period(ms: ManagerStats, period: str) -> dict[str, Any]:
+    return {"T": {team: [[steps[s].get(c, 0) for c in COUNTERS] for s in STEPS]
+                  for team, steps in ms.totals.get(period, {}).items()},
+            "O": ms.objections.get(period, {})}
+
+
+def _decode_period(ms: ManagerStats, period: str, value: dict[str, Any]) -> None:
+    if value.get("T"):
+        ms.totals[period] = {team: {s: dict(zip(COUNTERS, row)) for s, row in zip(STEPS, rows)}
+                             for team, rows in value["T"].items()}
+    if value.get("O"):
+        ms.objections[period] = {k: list(v) for k, v in value["O"].items()}
+
+
+def split_legacy(value: dict[str, Any]) -> tuple[ManagerStats, dict[str, dict[str, Any]]]:
+    """A table value written before issue 13 (one per manager, every call's contribution inside it):
+    its counts, and its per-call contributions (retraction markers included)."""
+    mid, contributions = value["manager_id"], value.get("contributions", {})
+    if value.get("v") == 2:
+        ms = ManagerStats(mid, value.get("team_id"), value.get("totals", {}), value.get("objections", {}))
+    else:  # format 1 had no totals: count them from the contributions
+        ms = aggregate(CallOutcome.from_compact(cid, mid, c) for cid, c in contributions.items()
+                       if not _retracted(c)).get(mid, ManagerStats(mid))
+    return ms, contributions
+
+
+@dataclass
+class Applied:
+    """What one statistics update did: whether the figures changed, and the periods to mirror to SQL."""
+
+    manager_id: str
+    changed: bool
+    periods: tuple[str, ...]
+
+
+class StatsState:
+    """The live statistics over one key-value table (the Faust table, or a dict in tests and the bench).
+
+    Keys: ``(manager_id, period)`` holds that period's counts (per team and step, objections; for "all"
+    also the latest calls naming a team), and ``(manager_id, "call", call_id)`` holds what that call
+    contributes now (its compact outcome and store revision, or a retraction marker). See the module
+    docstring for why they share one table and how a redelivered update is told from a new one.
+    """
+
+    def __init__(self, table: MutableMapping, kept_latest: int = KEPT_LATEST):
+        self.table = table
+        self.kept_latest = kept_latest
+
+    # -- writing
+    def apply(self, update: StatsUpdate, offset: Optional[int] = None) -> Applied:
+        """One update from calls.stored. ``offset``: its offset in its partition of calls.stored (None
+        outside Kafka: then a period's counts are not guarded against the update being applied twice)."""
+        m = update.manager_id
+        self.migrate(m)
+        key = call_key(m, update.call_id)
+        old = self.table.get(key)
+        if update.op == "retract":
+            new, fact = None, {"r": update.revision, "x": 1}
+            if old is not None and int(old.get("r", 0)) >= update.revision:
+                return self._unchanged(m, old, ())
+        else:
+            new = CallOutcome.from_compact(update.call_id, m, update.outcome or {})
+            fact = new.to_compact()
+            if old is not None and (int(old.get("r", 0)) > new.revision or _fact(old) == fact):
+                return self._unchanged(m, old, new.periods)  # stale, or the same again
+        before = None if old is None or _retracted(old) else CallOutcome.from_compact(update.call_id, m, old)
+        touched = _ordered((before.periods if before else ()) + (new.periods if new else ()))
+        for period in touched:
+            self._change(m, period, before, new, offset)
+        # Last, after the counts: see the module docstring ("a redelivered update").
+        self.table[key] = {**fact, "k": offset, "u": list(touched)}
+        return Applied(m, True, touched)
+
+    def _unchanged(self, m: str, old: dict[str, Any], periods: Iterable[str]) -> Applied:
+        # mirrored all the same: a crash between the table write and SQL is healed by the redelivery
+        return Applied(m, False, _ordered(tuple(old.get("u") or ()) + tuple(periods)))
+
+    def _change(self, m: str, period: str, before: Optional[CallOutcome], new: Optional[CallOutcome],
+                offset: Optional[int]) -> None:
+        k = period_key(m, period)
+        cur = self.table.get(k) or {}
+        if offset is not None and cur.get("k") is not None and cur["k"] >= offset:
+            return  # this update reached these counts before the worker died: do not count it twice
+        ms = ManagerStats(m)
+        _decode_period(ms, period, cur)
+        if before is not None:
+            ms.add(before, -1, (period,))
+        if new is not None:
+            ms.add(new, +1, (period,))
+        value = _encode_period(ms, period)
+        if period == ALL:
+            value["L"], value["N"] = self._follow_team(m, cur, before, new)
+        value["k"] = offset  # an emptied period is kept (with its offset), not deleted, for the same reason
+        self.table[k] = value
+
+    def _follow_team(self, m: str, cur: dict[str, Any], before: Optional[CallOutcome],
+                     new: Optional[CallOutcome]) -> tuple[list, int]:
+        """The manager's latest calls naming a team (newest first, at most ``kept_latest``) and how many
+        counted calls name one. The list is always the head of that ranking; only when every call in it
+        was removed is the manager's contributions scanned again (rare: a retraction or re-dating of
+        their ``kept_latest`` latest calls in a row)."""
+        latest = [list(x) for x in cur.get("L", [])]
+        n = int(cur.get("N", 0))
+        if before is not None and before.team_id:
+            n -= 1
+            latest = [x for x in latest if x[1] != before.call_id]
+        if new is not None and new.team_id:
+            entry = _latest_entry(new)
+            if len(latest) == n or (latest and _rank(entry) > _rank(latest[-1])):
+                latest = sorted(latest + [entry], key=_rank, reverse=True)
+            n += 1
+        if not latest and n:
+            latest = self._scan_latest(m, skip=(before or new).call_id, new=new)
+        return latest[:self.kept_latest], n
+
+    def _scan_latest(self, m: str, skip: str, new: Optional[CallOutcome]) -> list:
+        rows = [[v.get("a"), k[2], v["t"]] for k, v in self.table.items()
+                if _is_call_key(k) and k[0] == m and k[2] != skip and not _retracted(v) and v.get("t")]
+        if new is not None and new.team_id:
+            rows.append(_latest_entry(new))
+        return sorted(rows, key=_rank, reverse=True)[:self.kept_latest]
+
+    def migrate(self, m: str) -> bool:
+        """Split an old-format value of manager ``m`` (counts and every contribution in one) into the
+        per-call entries and per-period counts; the old value goes last, so a crash halfway through
+        leaves it in place and the split is simply done again."""
+        value = self.table.get(m)
+        if value is None:
+            return False
+        ms, contributions = split_legacy(value)
+        for cid, c in contributions.items():
+            self.table[call_key(m, cid)] = {**_fact(c), "k": None, "u": [] if _retracted(c) else list(c.get("p") or ())}
+        teamed = sorted(([c.get("a"), cid, c["t"]] for cid, c in contributions.items()
+                         if not _retracted(c) and c.get("t")), key=_rank, reverse=True)
+        for period in _ordered(ms.totals):
+            value = {**_encode_period(ms, period), "k": None}
+            if period == ALL:
+                value["L"], value["N"] = teamed[:self.kept_latest], len(teamed)
+            self.table[period_key(m, period)] = value
+        del self.table[m]
+        return True
+
+    # -- reading
+    def contribution(self, manager_id: str, call_id: str) -> Optional[dict[str, Any]]:
+        c = self.table.get(call_key(manager_id, call_id))
+        if c is None:
+            legacy = self.table.get(manager_id)
+            c = legacy.get("contributions", {}).get(call_id) if legacy else None
+        return _fact(c) if c is not None else None
+
+    def manager(self, manager_id: str, periods: Optional[Iterable[str]] = None) -> ManagerStats:
+        """A manager's counts: the given periods (direct reads, what the mirror needs), or all of them
+        (a scan of the table: for tests and tools, not for the per-call path)."""
+        legacy = self.table.get(manager_id)
+        if legacy is not None:
+            ms, _ = split_legacy(legacy)
+        else:
+            ms = ManagerStats(manager_id)
+            if periods is None:
+                periods = [k[1] for k in self.table.keys() if _is_period_key(k) and k[0] == manager_id]
+            for period in periods:
+                _decode_period(ms, period, self.table.get(period_key(manager_id, period)) or {})
+            top = (self.table.get(period_key(manager_id, ALL)) or {}).get("L")
+            ms.team_id = top[0][2] if top else None
+        if periods is not None:
+            wanted = set(periods)
+            ms.totals = {p: v for p, v in ms.totals.items() if p in wanted}
+            ms.objections = {p: v for p, v in ms.objections.items() if p in wanted}
+        return ms
+
+    def managers(self) -> dict[str, ManagerStats]:
+        """Every manager with counts in the table (a scan)."""
+        ids = {k if isinstance(k, str) else k[0] for k in self.table.keys()}
+        out = {m: self.manager(m) for m in sorted(ids)}
+        return {m: ms for m, ms in out.items() if ms.totals}
+
+    def counted(self, manager_id: str) -> dict[str, dict[str, Any]]:
+        """call_id -> contribution, for the calls that count for the manager now (a scan)."""
+        legacy = self.table.get(manager_id)
+        items = (legacy.get("contributions", {}).items() if legacy is not None else
+                 ((k[2], v) for k, v in self.table.items() if _is_call_key(k) and k[0] == manager_id))
+        return {cid: _fact(c) for cid, c in items if not _retracted(c)}
+
+
+def _fact(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k in _FACT}
+
+
+class JsonTable(MutableMapping):
+    """A dict standing in for the Faust table outside a worker (tests, bench): values are kept as the
+    JSON the changelog carries, so they come back as a recovered worker would read them."""
+
+    def __init__(self):
+        self.data: dict[Any, str] = {}
+
+    def __getitem__(self, key):
+        return json.loads(self.data[key])
+
+    def __setitem__(self, key, value) -> None:
+        self.data[key] = json.dumps(value, separators=(",", ":"))
+
+    def __delitem__(self, key) -> None:
+        del self.data[key]
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
-from typing import Optional
+from typing import Iterable, Optional
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
@@ -212,13 +212,17 @@ def load_outcomes(session: Session, *, team_id: Optional[str] = None, since: Opt
             for r in rows]
 
 
-def mirror_manager_stats(session: Session, ms: stats.ManagerStats) -> None:
-    """Write one manager's live statistics (every period and team) to SQL, replacing the previous copy."""
+def mirror_manager_stats(session: Session, ms: stats.ManagerStats, periods: Optional[Iterable[str]] = None) -> None:
+    """Write one manager's live statistics to SQL, replacing the previous copy: of the given periods
+    (those an update touched: the cost stays flat as the history grows), or of every period."""
     if session.get(Manager, ms.manager_id) is None:
         session.add(Manager(manager_id=ms.manager_id, team_id=ms.team_id))
         session.flush()
-    session.execute(delete(ManagerStageStat).where(ManagerStageStat.manager_id == ms.manager_id))
-    session.execute(delete(ManagerObjectionStat).where(ManagerObjectionStat.manager_id == ms.manager_id))
+    for table in (ManagerStageStat, ManagerObjectionStat):
+        q = delete(table).where(table.manager_id == ms.manager_id)
+        if periods is not None:
+            q = q.where(table.period.in_(list(periods)))
+        session.execute(q)
     now = utcnow()
     rows = []
     for period, teams in ms.totals.items():
@@ -239,7 +243,7 @@ def mirror_manager_stats(session: Session, ms: stats.ManagerStats) -> None:
 
 
 def mirrored_stats(session: Session) -> dict[str, stats.ManagerStats]:
-    """Read the SQL mirror back into ManagerStats totals (contributions are not mirrored)."""
+    """Read the SQL mirror back into ManagerStats counts."""
     out: dict[str, stats.ManagerStats] = {}
     teams = dict(session.execute(select(Manager.manager_id, Manager.team_id)).all())
     for r in session.scalars(select(ManagerStageStat)):

@@ -44,20 +44,24 @@ def tagged(cid: str, manager: str = "m1", *, team: str | None = "t1", started: s
 
 
 class Live:
-    """The worker's statistics side, fed what the store sends (calls.stored and the outbox)."""
+    """The worker's statistics side, fed what the store sends (calls.stored and the outbox), each update
+    at the next offset of one calls.stored partition, as the agent sees them."""
 
-    def __init__(self, sessions):
+    def __init__(self, sessions, kept_latest: int = stats.KEPT_LATEST):
         self.sessions = sessions
-        self.table: dict[str, dict] = {}
+        self.table = stats.JsonTable()
+        self.state = stats.StatsState(self.table, kept_latest)
         self.sent: list[StatsUpdate] = []  # every update sent on calls.stored, for redeliveries
+        self.offset = 0
 
-    def apply(self, update: StatsUpdate) -> None:
+    def apply(self, update: StatsUpdate, offset: int | None = None) -> stats.Applied:
         self.sent.append(update)
-        ms, changed = stats.apply_update(self.table.get(update.manager_id), update)
-        if changed:
-            self.table[update.manager_id] = ms.to_dict()
+        if offset is None:
+            offset, self.offset = self.offset, self.offset + 1
+        applied = self.state.apply(update, offset)
         with self.sessions.begin() as s:
-            mirror_manager_stats(s, ms)
+            mirror_manager_stats(s, self.state.manager(update.manager_id, applied.periods), applied.periods)
+        return applied
 
     def store(self, ev: CallTagged, tz=UTC, *, crash_before_outbox: bool = False):
         with self.sessions.begin() as s:
@@ -82,7 +86,7 @@ class Live:
         return sent
 
     def managers(self) -> dict[str, stats.ManagerStats]:
-        return {k: stats.ManagerStats.from_dict(v) for k, v in self.table.items()}
+        return self.state.managers()
 
 
 def calls_of(ms: stats.ManagerStats | None) -> int:
@@ -108,16 +112,23 @@ def test_a_call_that_changes_manager_is_counted_once(db_url):
 
 
 def test_a_late_retraction_never_removes_a_newer_contribution():
-    ms = stats.ManagerStats("mA")
+    state = stats.StatsState(stats.JsonTable())
     o = stats.CallOutcome("c1", "mA", "t1", {s: (True, "good") for s in STEPS}, revision=3)
-    assert ms.apply(o)
-    assert not ms.retract("c1", revision=2)  # the call moved away at revision 2 and came back at 3
-    assert ms.retract("c1", revision=4)
-    assert ms.totals == {} and ms.counted() == {}
-    assert not ms.apply(o)  # the old apply redelivered after the retraction stays out
-    ms2 = stats.ManagerStats("mB")
-    ms2.apply(stats.CallOutcome("c9", "mB", "t1", {s: (True, "good") for s in STEPS}, revision=5))
-    assert not ms2.apply(stats.CallOutcome("c9", "mB", "t1", {}, revision=4))  # stale redelivery
+
+    def apply(o):
+        return state.apply(StatsUpdate(op="apply", call_id=o.call_id, manager_id=o.manager_id,
+                                       revision=o.revision, outcome=o.to_compact())).changed
+
+    def retract(revision):
+        return state.apply(StatsUpdate(op="retract", call_id="c1", manager_id="mA", revision=revision)).changed
+
+    assert apply(o)
+    assert not retract(2)  # the call moved away at revision 2 and came back at 3
+    assert retract(4)
+    assert state.manager("mA").totals == {} and state.counted("mA") == {}
+    assert not apply(o)  # the old apply redelivered after the retraction stays out
+    assert apply(stats.CallOutcome("c9", "mB", "t1", {s: (True, "good") for s in STEPS}, revision=5))
+    assert not apply(stats.CallOutcome("c9", "mB", "t1", {}, revision=4))  # stale redelivery
 
 
 # 2 ------------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """A stateful property test of the numbers: random sequences of stores, re-tags, manager and team
-changes, replays, crashed deliveries, late (stale) versions and reviews, through the real store and
-statistics code. After every step the live table and its SQL mirror agree, and once the outbox is
-sent, both equal a recomputation from the stored calls; every flag has at most one current verdict
-and every call is stored once."""
+changes, replays, crashed deliveries, a worker dying halfway through writing an update to the table,
+late (stale) versions and reviews, through the real store and statistics code. After every step the
+live table and its SQL mirror agree, and once the outbox is sent, both equal a recomputation from the
+stored calls, the table's per-call entries are exactly the stored calls under their managers, and its
+per-period values hold counts only; every flag has at most one current verdict and every call is
+stored once."""
 from __future__ import annotations
 
 import tempfile
@@ -19,8 +21,10 @@ from models.db import session_factory
 from models.events import STEPS
 from models.tables import Call, FlagRow, Review
 from pipeline import stats
-from pipeline.store import current_reviews, flag_moment, load_outcomes, mirrored_stats, pending_outbox, record_review
+from pipeline.store import (current_reviews, flag_moment, load_outcomes, mirrored_stats, pending_outbox, record_review,
+                            store_tagged)
 from tests.test_numbers import Live, tagged
+from tests.test_stats import CrashingTable
 
 TZ = ZoneInfo("Europe/Moscow")
 CALLS = [f"c{i}" for i in range(6)]
@@ -36,7 +40,9 @@ class NumbersMachine(RuleBasedStateMachine):
         super().__init__()
         self.dir = tempfile.TemporaryDirectory()
         self.sessions = session_factory(f"sqlite:///{Path(self.dir.name) / 'n.db'}")
-        self.live = Live(self.sessions)
+        # kept_latest=2: the team bookkeeping often runs out of kept calls and scans for the latest ones
+        self.live = Live(self.sessions, kept_latest=2)
+        self.live.table = self.live.state.table = CrashingTable()
         self.clock = 0  # publish and tagging times only move forward, like Kafka timestamps
         self.last: dict[str, dict] = {}  # call_id -> the keyword arguments of its newest version
 
@@ -124,6 +130,26 @@ class NumbersMachine(RuleBasedStateMachine):
         """calls.stored is at-least-once, and during a rebalance two producers can interleave."""
         self.live.apply(data.draw(st.sampled_from(self.live.sent)))
 
+    @precondition(lambda self: self.last)
+    @rule(data=st.data(), manager=st.sampled_from(MANAGERS), steps=st.fixed_dictionaries({s: QUAL for s in STEPS}),
+          lost=st.integers(1, 8))
+    def worker_dies_while_writing_the_table(self, data, manager, steps, lost):
+        """A re-tag (perhaps to another manager) whose update reached only some of the table's keys
+        before the worker died: Kafka delivers it again, at the same offset."""
+        call = data.draw(st.sampled_from(sorted(self.last)))
+        kw = {**self.last[call], "manager": manager, "steps": {s: q for s, q in steps.items() if q},
+              "tagged_at": self._tick()}
+        self.last[call] = kw
+        with self.sessions.begin() as s:
+            result = store_tagged(s, tagged(**kw), TZ)
+        offset, self.live.offset = self.live.offset, self.live.offset + 1
+        table = self.live.table
+        table.log.clear()
+        self.live.state.apply(result.update, offset)
+        table.lose_last(min(lost, len(table.log)))
+        self.live.apply(result.update, offset)
+        self.live.drain()
+
     @rule()
     def send_outbox(self):
         self.live.drain()
@@ -166,6 +192,18 @@ class NumbersMachine(RuleBasedStateMachine):
         live = {m: v for m, v in self.live.managers().items() if v.totals}
         assert {m: v.totals for m, v in live.items()} == {m: v.totals for m, v in expected.items()}
         assert {m: v.team_id for m, v in live.items()} == {m: v.team_id for m, v in expected.items()}
+
+    @invariant()
+    def per_call_entries_are_the_stored_calls_and_counts_hold_nothing_per_call(self):
+        state = self.live.state
+        for key, value in state.table.items():
+            if len(key) == 2:  # (manager, period): counts only, and a bounded list of latest calls
+                assert set(value) <= {"T", "O", "k", "L", "N"} and len(value.get("L", [])) <= state.kept_latest
+        with self.sessions() as s:
+            if pending_outbox(s):
+                return
+            stored = {(c.manager_id, c.call_id) for c in s.scalars(select(Call))}
+        assert {(m, cid) for m in MANAGERS for cid in state.counted(m)} == stored
 
     @invariant()
     def every_call_once_and_one_current_verdict_per_flag(self):
