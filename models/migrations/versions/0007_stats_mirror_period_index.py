@@ -1,7 +1,7 @@
 """the statistics mirror is rewritten by period: index (manager_id, period)
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-02 10:00:00
 
 Each statistics update now replaces only the periods it touched (all time, a week, a month) in
@@ -11,8 +11,8 @@ manager (all their weeks and months), a cost that grew with their history.
 from alembic import op
 
 
-revision = '0004'
-down_revision = '0003'
+revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
