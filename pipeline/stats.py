@@ -36,11 +36,11 @@ last: on a redelivery, counts whose offset is not older than the update's are le
 (still the old one if its write was lost) decides whether anything else is to do. This relies on
 calls.stored never being recreated under a running changelog (its offsets would start again).
 
-An update reads and writes at most six small keys, whatever the history; recovery after a restart
-reads the changelog (one small record per write), so it takes time proportional to the changelog, and
-compaction keeps that to about one record per call and one per manager and period. Values written by
-an older worker (one per manager, keyed by manager_id alone) are split into the new keys the first time
-an update for that manager arrives.
+An update reads and writes a handful of small keys (the call's entry, at most five periods), whatever
+the history. Recovery after a restart reads the changelog (one small record per write), so it takes
+time proportional to the changelog; compaction keeps that to about one record per call and one per
+manager and period. Values written by an older worker (one per manager, keyed by manager_id alone)
+are split into the new keys the first time an update for that manager arrives.
 
 Weak stage: for a manager with enough calls, the step whose mean score falls furthest below the pooled
 mean of the team's calls, among steps with enough scored calls behind them.

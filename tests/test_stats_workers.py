@@ -103,3 +103,52 @@ def test_two_workers_one_stops_stats_stay_exact(kafka_bootstrap, tmp_path, db_ur
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_worker_comes_up_on_a_table_written_by_the_old_format(kafka_bootstrap, tmp_path):
+    """The changelog holds what a worker before issue 13 wrote (one value per manager, every call's
+    contribution inside): a new worker recovers it, splits it on the manager's next update, and a
+    re-tag of one of the old calls replaces its contribution."""
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.partitioner.default import murmur2
+
+    from pipeline.store import mirror_manager_stats, store_tagged
+    from tests.test_stats import legacy_value
+
+    w = WorkerProcess(kafka_bootstrap, tmp_path, [tmp_path])
+    with w.sessions.begin() as s:  # what the old worker stored and mirrored
+        outcomes = [stats.CallOutcome.from_compact(ev.call_id, "mgr-0", store_tagged(s, ev).update.outcome)
+                    for ev in (tagged_event(n, "mgr-0") for n in range(6))]
+        legacy = legacy_value(outcomes, "mgr-0", 2)
+        mirror_manager_stats(s, stats.aggregate(outcomes)["mgr-0"])
+    changelog, partitions = f"{w.app_id}-manager-stats-changelog", 4
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(changelog, partitions, 1, topic_configs={"cleanup.policy": "compact"})])
+    admin.close()
+    with KafkaProducer(bootstrap_servers=kafka_bootstrap) as producer:  # on the manager's partition
+        producer.send(changelog, key=json.dumps("mgr-0").encode(), value=json.dumps(legacy).encode(),
+                      partition=(murmur2(b"mgr-0") & 0x7FFFFFFF) % partitions).get(timeout=30)
+    w.start()
+    try:
+        with Publisher(kafka_bootstrap, w.topics["tagged"]) as pub:
+            ev = tagged_event(2, "mgr-0", variant=1)
+            pub.publish_raw(ev.call_id, ev.model_dump_json().encode())
+        deadline = time.monotonic() + 120
+        while True:
+            with w.sessions() as s:
+                expected = stats.aggregate(load_outcomes(s))["mgr-0"]
+                mirror = mirrored_stats(s)["mgr-0"]
+                revision = s.get(Call, "call-2").revision
+            if (revision == 2 and mirror.totals == expected.totals) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert revision == 2 and mirror.totals == expected.totals
+        assert mirror.objections == expected.objections
+        state = changelog_state(kafka_bootstrap, changelog)
+        assert "mgr-0" not in state.table  # split
+        assert state.manager("mgr-0").totals == expected.totals
+        assert set(state.counted("mgr-0")) == {f"call-{n}" for n in range(6)}
+        assert state.contribution("mgr-0", "call-2")["r"] == 2
+    finally:
+        w.stop()
