@@ -23,6 +23,7 @@ from typing import Optional
 
 import faust
 
+from agents.logs import CALL_ID
 from agents.metrics import WorkerMetrics
 from config.kafka_security import KafkaSecurity
 from config.settings import Settings
@@ -169,6 +170,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
     async def dead(stage: str, raw: bytes, exc: BaseException) -> None:
         metrics.failed.labels(stage, type(exc).__name__).inc()
         cid = _call_id(raw)
+        CALL_ID.set(cid)
         letter = DeadLetter(call_id=cid, stage=stage, error=_reason(exc), error_type=type(exc).__name__,
                             original=raw.decode("utf-8", "replace"))
         log.warning("call %s failed at %s: %s", cid or "?", stage, letter.error)
@@ -179,6 +181,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         async for event in stream.events():
             raw = event.value
             try:
+                CALL_ID.set(_call_id(raw))
                 ev = CallRecorded.model_validate_json(raw)
                 if ev.published_at is None and event.message.timestamp:
                     # which upload of a call is newer, however the transcriptions finish (concurrency)
@@ -201,6 +204,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
     async def tag(stream):
         async for raw in stream:
             try:
+                CALL_ID.set(_call_id(raw))
                 t0 = time.perf_counter()
                 out = tagger(CallTranscribed.model_validate_json(raw))
             except Exception as exc:
@@ -230,6 +234,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
             result = None
             for attempt in range(3):
                 try:
+                    CALL_ID.set(_call_id(raw))
                     ev = CallTagged.model_validate_json(raw)
                     t0 = time.perf_counter()
                     result = await in_db(store_tagged, ev, tz, s.phone_region)

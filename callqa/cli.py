@@ -24,6 +24,8 @@ def cmd_worker(args, s: Settings) -> int:
         agents = parse_agents(args.agents or s.worker_agents)
     except ValueError as e:
         return _err(f"--agents: {e}")
+    if s.log_format not in ("text", "json"):
+        return _err(f"CALLQA_LOG_FORMAT={s.log_format!r}: use text or json")
     if not s.kafka_bootstrap:
         return _err("no Kafka broker: set CALLQA_KAFKA_BOOTSTRAP=host:port "
                     "(or start a local one in another terminal with `callqa broker`)")
@@ -52,7 +54,11 @@ def cmd_worker(args, s: Settings) -> int:
     if len(agents) < len(AGENTS):
         print(f"callqa worker: running the agents {', '.join(sorted(agents))}; the others need workers of "
               "their own", file=sys.stderr)
-    Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    extra = {}
+    if s.log_format == "json":
+        from agents.logs import logging_config
+        extra["logging_config"] = logging_config(args.loglevel)
+    Worker(app, loglevel=args.loglevel, quiet=True, **extra).execute_from_commandline()
     return 0
 
 

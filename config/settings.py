@@ -45,6 +45,8 @@ class Settings:
         "CALLQA_DB_POOL_RECYCLE_S", 1800, "PostgreSQL: reopen connections older than this (proxies drop idle ones)")
     db_pool_timeout_s: int = setting("CALLQA_DB_POOL_TIMEOUT_S", 30, "PostgreSQL: wait this long for a free connection")
     app_id: str = setting("CALLQA_APP_ID", "callqa", "Faust app id (consumer group)")
+    log_format: str = setting("CALLQA_LOG_FORMAT", "text", "worker logs: text, or json (one object a line, with "
+                              "the call_id of the event being handled)")
     metrics_port: int = setting(
         "CALLQA_METRICS_PORT", 0, "worker: serve Prometheus /metrics and /healthz on this port (0: off; e.g. 9102)")
     metrics_host: str = setting("CALLQA_METRICS_HOST", "0.0.0.0", "worker: the address /metrics listens on")

@@ -144,13 +144,14 @@ def test_rules_page_shows_the_state(tmp_path):
 
 
 def test_call_page_says_how_the_speakers_were_told_apart(client):
+    from models.events import Roles
     from tests.test_report import call
 
     with client.app_state["sessions"].begin() as db:
         ev = call("m1", "anna", team="north")
         ev = ev.model_copy(update={
             "channels": ev.channels.model_copy(update={"detected": "duplicate", "envelope_correlation": 0.97}),
-            "roles": {"method": "diarization", "voices": 2, "confidence": 0.62, "uncertain": True}})
+            "roles": Roles(method="diarization", voices=2, confidence=0.62, uncertain=True)})
         store_tagged(db, ev)
     r = client.get("/calls/m1")
     assert r.status_code == 200

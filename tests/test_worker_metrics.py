@@ -42,7 +42,8 @@ def test_health_says_when_the_loop_stalls():
 def test_worker_metrics(kafka_bootstrap, tmp_path):
     port = free_port()
     w = WorkerProcess(kafka_bootstrap, tmp_path, [tmp_path], extra_env={"CALLQA_METRICS_PORT": str(port),
-                                                                       "CALLQA_METRICS_HOST": "127.0.0.1"}).start()
+                                                                       "CALLQA_METRICS_HOST": "127.0.0.1",
+                                                                       "CALLQA_LOG_FORMAT": "json"}).start()
     try:
         ev = long_call("metrics-1")
         with Publisher(kafka_bootstrap, w.topics["transcribed"]) as pub:
@@ -64,3 +65,8 @@ def test_worker_metrics(kafka_bootstrap, tmp_path):
         assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
     finally:
         w.stop()
+    # CALLQA_LOG_FORMAT=json: one object a line, the failed call's id on its line
+    import json
+    lines = [json.loads(x) for x in w.log.read_text().splitlines() if x.startswith("{")]
+    failed = [x for x in lines if "failed at tag" in x["msg"]]
+    assert failed and failed[0]["call_id"] == "broken-1" and failed[0]["level"] == "WARNING"
