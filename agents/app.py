@@ -181,8 +181,8 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         async for event in stream.events():
             raw = event.value
             try:
-                CALL_ID.set(_call_id(raw))
                 ev = CallRecorded.model_validate_json(raw)
+                CALL_ID.set(ev.call_id)  # an event that does not parse gets its id in dead()
                 if ev.published_at is None and event.message.timestamp:
                     # which upload of a call is newer, however the transcriptions finish (concurrency)
                     ev.published_at = datetime.fromtimestamp(event.message.timestamp, timezone.utc)
@@ -204,9 +204,10 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
     async def tag(stream):
         async for raw in stream:
             try:
-                CALL_ID.set(_call_id(raw))
                 t0 = time.perf_counter()
-                out = tagger(CallTranscribed.model_validate_json(raw))
+                ev = CallTranscribed.model_validate_json(raw)
+                CALL_ID.set(ev.call_id)
+                out = tagger(ev)
             except Exception as exc:
                 await dead("tag", raw, exc)
                 continue
@@ -234,8 +235,8 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
             result = None
             for attempt in range(3):
                 try:
-                    CALL_ID.set(_call_id(raw))
                     ev = CallTagged.model_validate_json(raw)
+                    CALL_ID.set(ev.call_id)
                     t0 = time.perf_counter()
                     result = await in_db(store_tagged, ev, tz, s.phone_region)
                     metrics.latency.labels("store").observe(time.perf_counter() - t0)

@@ -7,6 +7,7 @@ Whisper turn is split where its words change voice.
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -151,21 +152,29 @@ def diarize(audio: np.ndarray, spans: list[tuple[float, float]], step_s: float =
 
 
 def speaker_at(d: Diarization, start: float, end: float) -> int:
-    """The voice of the windows that overlap [start, end] most (by overlap times similarity)."""
+    """The voice of the windows that overlap [start, end] most (by overlap); with none, the nearest one."""
     if not d.windows:
         return 0
-    k = d.speakers
-    votes = np.zeros(k)
-    mid = (start + end) / 2
-    best_gap, nearest = float("inf"), 0
-    for (ws, we), lab in zip(d.windows, d.labels):
+    # Windows come in time order (speech_windows) and last at most WINDOW_S, so only those starting in
+    # [start - WINDOW_S, end) can overlap: a search, not a scan of the call per word (hour-long calls).
+    starts = d.extra.get("starts")
+    if starts is None:
+        starts = d.extra["starts"] = [ws for ws, _ in d.windows]
+    votes = np.zeros(d.speakers)
+    for i in range(bisect.bisect_left(starts, start - WINDOW_S), bisect.bisect_left(starts, end)):
+        (ws, we), lab = d.windows[i], d.labels[i]
         ov = min(end, we) - max(start, ws)
         if ov > 0:
             votes[lab] += ov
+    if votes.sum() > 0:
+        return int(np.argmax(votes))
+    mid = (start + end) / 2
+    best_gap, nearest = float("inf"), 0
+    for (ws, we), lab in zip(d.windows, d.labels):
         gap = abs((ws + we) / 2 - mid)
         if gap < best_gap:
             best_gap, nearest = gap, lab
-    return int(np.argmax(votes)) if votes.sum() > 0 else nearest
+    return nearest
 
 
 def word_spans(turns) -> list[tuple[float, float]]:
