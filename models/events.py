@@ -135,6 +135,9 @@ class StepResult(_Event):
     first_at: Optional[float] = None
     quality: Optional[Literal["good", "weak", "missing"]] = None
     reasons: list[str] = Field(default_factory=list)
+    # Present only through turns the learned tagger was unsure of: shown on the call, but left out of the
+    # manager's statistics for this step, so a guess never moves a weak-stage figure.
+    uncertain: bool = False
 
 
 class Objection(_Event):

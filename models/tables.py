@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -117,6 +118,8 @@ class CallStep(Base):
     first_at: Mapped[Optional[float]] = mapped_column(Float)
     quality: Mapped[Optional[str]] = mapped_column(String(16))
     reasons: Mapped[Optional[list[Any]]] = mapped_column(JSON)
+    # present only through the learned tagger's unsure turns: left out of the statistics (StepResult)
+    uncertain: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
 
 
 class ObjectionRow(Base):

@@ -98,6 +98,9 @@ class CallOutcome:
     # later subtracts from the same buckets even if the time zone setting changed meanwhile.
     periods: tuple[str, ...] = ()
     revision: int = 0
+    # Steps present only through the learned tagger's unsure turns: left out of the step's counts (its
+    # calls, occurrences and score), and not counted as reached by the step before it.
+    uncertain: frozenset = frozenset()
 
     def __post_init__(self):
         if not self.periods:
@@ -107,6 +110,9 @@ class CallOutcome:
         """step -> counter -> value, for this call alone."""
         out: dict[str, dict[str, float]] = {}
         for step in STEPS:
+            if step in self.uncertain:
+                out[step] = dict.fromkeys(COUNTERS, 0)
+                continue
             present, quality = self.steps.get(step, (False, None))
             nxt = next_step(self.steps, step)
             sc = step_score(step, present, quality)
@@ -114,7 +120,8 @@ class CallOutcome:
                 "calls": 1,
                 "occurred": int(present),
                 "quality_passed": int(present and quality == "good"),
-                "reached_next": int(bool(present and nxt and self.steps.get(nxt, (False, None))[0])),
+                "reached_next": int(bool(present and nxt and nxt not in self.uncertain
+                                         and self.steps.get(nxt, (False, None))[0])),
                 "scored": 0 if sc is None else 1,
                 "score_sum": 0.0 if sc is None else sc,
                 "score_sq": 0.0 if sc is None else sc * sc,
@@ -126,7 +133,8 @@ class CallOutcome:
         return {"t": self.team_id, "a": self.started_at.isoformat() if self.started_at else None,
                 "s": [[int(self.steps.get(s, (False, None))[0]), QUALITY_CODE[self.steps.get(s, (False, None))[1]]]
                       for s in STEPS],
-                "o": [[k, int(a)] for k, a in self.objections], "p": list(self.periods), "r": self.revision}
+                "o": [[k, int(a)] for k, a in self.objections], "p": list(self.periods), "r": self.revision,
+                **({"n": [STEPS.index(s) for s in STEPS if s in self.uncertain]} if self.uncertain else {})}
 
     @classmethod
     def from_compact(cls, call_id: str, manager_id: str, d: dict[str, Any]) -> "CallOutcome":
@@ -134,7 +142,7 @@ class CallOutcome:
         return cls(call_id, manager_id, d["t"],
                    {s: (bool(p), CODE_QUALITY[q] if p or q else None) for s, (p, q) in zip(STEPS, d["s"])},
                    at, tuple((k, bool(a)) for k, a in d["o"]), tuple(d.get("p") or period_keys(at)),
-                   int(d.get("r", 0)))
+                   int(d.get("r", 0)), frozenset(STEPS[i] for i in d.get("n", ())))
 
 
 def step_score(step: str, present: bool, quality: Optional[str]) -> Optional[float]:
@@ -156,7 +164,8 @@ def outcome_from_tagged(ev, tz: tzinfo = UTC, revision: int = 0) -> CallOutcome:
         call_id=ev.call_id, manager_id=ev.manager_id, team_id=ev.team_id,
         steps={s: (ev.steps[s].present, ev.steps[s].quality) if s in ev.steps else (False, None) for s in STEPS},
         started_at=ev.started_at, objections=tuple((o.kind, o.answered) for o in ev.objections),
-        periods=period_keys(ev.started_at, tz), revision=revision)
+        periods=period_keys(ev.started_at, tz), revision=revision,
+        uncertain=frozenset(s for s, r in ev.steps.items() if getattr(r, "uncertain", False)))
 
 
 def _retracted(c: dict[str, Any]) -> bool:
@@ -250,7 +259,7 @@ def aggregate(outcomes: Iterable[CallOutcome]) -> dict[str, ManagerStats]:
 # ------------------------------------------------------------------------------------------- live table
 ALL = "all"
 KEPT_LATEST = 8  # the manager's latest calls naming a team, kept to follow their team without a scan
-_FACT = ("t", "a", "s", "o", "p", "r", "x")  # a contribution entry's fields about the call
+_FACT = ("t", "a", "s", "o", "p", "r", "x", "n")  # a contribution entry's fields about the call
 
 
 def period_key(manager_id: str, period: str) -> tuple[str, str]:

@@ -118,7 +118,7 @@ def store_tagged(session: Session, ev: CallTagged, tz: tzinfo = timezone.utc, re
         for i, s in enumerate(ev.segments)])
     _insert(session, CallStep, [
         dict(call_id=ev.call_id, step=step, present=r.present, first_at=r.first_at, quality=r.quality,
-             reasons=r.reasons)
+             reasons=r.reasons, uncertain=r.uncertain)
         for step, r in ev.steps.items()])
     _insert(session, ObjectionRow, [
         dict(call_id=ev.call_id, idx=i, text=o.text, kind=o.kind, answered=o.answered, at=o.at, answer=o.answer)
@@ -199,16 +199,21 @@ def load_outcomes(session: Session, *, team_id: Optional[str] = None, since: Opt
         q = q.where(Call.started_at < until)
     rows = session.execute(q).all()
     steps: dict[str, dict[str, tuple[bool, Optional[str]]]] = {r.call_id: {} for r in rows}
+    unsure: dict[str, set[str]] = {r.call_id: set() for r in rows}
     objections: dict[str, list[tuple[str, bool]]] = {r.call_id: [] for r in rows}
-    for cs in session.execute(select(CallStep.call_id, CallStep.step, CallStep.present, CallStep.quality)):
+    for cs in session.execute(select(CallStep.call_id, CallStep.step, CallStep.present, CallStep.quality,
+                                     CallStep.uncertain)):
         if cs.call_id in steps:
             steps[cs.call_id][cs.step] = (cs.present, cs.quality)
+            if cs.uncertain:
+                unsure[cs.call_id].add(cs.step)
     for ob in session.execute(select(ObjectionRow.call_id, ObjectionRow.kind, ObjectionRow.answered)
                               .order_by(ObjectionRow.call_id, ObjectionRow.idx)):
         if ob.call_id in objections:
             objections[ob.call_id].append((ob.kind, ob.answered))
     return [stats.CallOutcome(r.call_id, r.manager_id, r.team_id, steps[r.call_id], r.started_at,
-                              tuple(objections[r.call_id]), stats.period_keys(r.started_at, tz), r.revision or 0)
+                              tuple(objections[r.call_id]), stats.period_keys(r.started_at, tz), r.revision or 0,
+                              frozenset(unsure[r.call_id]))
             for r in rows]
 
 

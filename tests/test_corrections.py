@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import timezone
 
@@ -175,8 +176,59 @@ def test_manager_page_counts_uncertain_steps(site):
     ev = call("u1", "anna")
     tags = [{"segment": i, "step": None, "prob": 0.4 if i == 0 else 0.9, "uncertain": i == 0}
             for i in range(len(ev.segments))]
+    d = ev.model_dump()
+    d["steps"]["presentation"]["uncertain"] = True
     with sessions.begin() as db:
-        store_tagged(db, CallTagged.model_validate({**ev.model_dump(), "utterance_tags": tags}))
+        store_tagged(db, CallTagged.model_validate({**d, "utterance_tags": tags}))
     hana = _client(site, "hana")
     r = hana.get("/managers/anna")
-    assert r.status_code == 200 and "Uncertain steps: 1 / 2" in r.text
+    assert r.status_code == 200 and "uncertain turns: 1 / 2" in r.text
+    # one step of anna's calls rests on unsure turns alone, of all the steps found on them
+    assert re.search(r"Uncertain steps: 1 / (\d+) steps found", r.text)
+    page = hana.get("/calls/u1")
+    assert "uncertain, not counted" in page.text
+
+
+def _tagged(tg, cid="u-steps", manager="anna"):
+    from tests.test_report import call
+    base = call(cid, manager)
+    return CallTagged.model_validate({**base.model_dump(), **tg.model_dump(), "call_id": cid})
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.75, 1.01])
+def test_a_step_shown_only_by_unsure_turns_is_marked_and_left_out_of_the_statistics(threshold, db_url):
+    from models.db import session_factory
+    from pipeline import stats
+    from pipeline.store import load_outcomes, store_tagged
+    from pipeline.tagging.call import tag_call
+    from pipeline.tagging.dialogues import dialogue_segments
+    from pipeline.tagging.learned import PACKAGED, StepModel
+    from pipeline.tagging.rules import default_rules
+    from tests.test_learned import DIALOGUE
+    model = StepModel.load(PACKAGED)
+    model.meta["uncertain_below"] = threshold
+    tg = tag_call(dialogue_segments(DIALOGUE["turns"]), "en", None, default_rules(), model)
+    for step, r in tg.steps.items():
+        carriers = [u for u in tg.utterance_tags if step in u.steps]
+        assert r.uncertain == (bool(carriers) and all(u.uncertain for u in carriers)), step
+    unsure = {s for s, r in tg.steps.items() if r.uncertain}
+    if threshold == 0.0:
+        assert not unsure
+    if threshold > 1:
+        assert unsure == {s for s, r in tg.steps.items() if r.present} and unsure
+    ev = _tagged(tg)
+    live = stats.outcome_from_tagged(ev)
+    assert live.uncertain == unsure
+    c = live.counters()
+    for step in unsure:
+        assert all(v == 0 for v in c[step].values()), step  # not a call of this step at all
+    for step in set(c) - unsure:
+        assert c[step]["calls"] == 1
+    # what SQL gives back (reports, recomputation) leaves out the same steps as the live table
+    sessions = session_factory(db_url)
+    with sessions.begin() as db:
+        store_tagged(db, ev)
+    with sessions() as db:
+        [stored] = load_outcomes(db)
+    assert stored.uncertain == unsure and stored.counters() == c
+    assert stats.CallOutcome.from_compact(ev.call_id, "anna", live.to_compact()).counters() == c

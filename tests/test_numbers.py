@@ -37,7 +37,9 @@ def tagged(cid: str, manager: str = "m1", *, team: str | None = "t1", started: s
         "segments": [{"speaker": "manager", "start": 0, "end": 2, "text": "hello"},
                      {"speaker": "client", "start": 12, "end": 14, "text": "too expensive"},
                      {"speaker": "client", "start": 40, "end": 42, "text": "we have a supplier"}],
-        "steps": {s: {"present": s in steps, "quality": steps.get(s) or "missing"} for s in STEPS},
+        # "unsure": present, but only through the learned tagger's unsure turns (left out of the statistics)
+        "steps": {s: {"present": s in steps, "quality": {"unsure": "good"}.get(steps.get(s), steps.get(s)) or "missing",
+                      "uncertain": steps.get(s) == "unsure"} for s in STEPS},
         "objections": [{"text": k, "kind": k, "answered": a, "at": at} for k, a, at in objections],
         "flags": [{"code": c, "detail": f"{c} at {at}", "at": at} for c, at in flags],
     })

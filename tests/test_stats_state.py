@@ -32,7 +32,7 @@ MANAGERS = ["ann", "bob", "cat"]
 TEAMS = ["north", "south", None]
 T0 = datetime(2026, 3, 29, 20, 0, tzinfo=timezone.utc)  # near a week, a month and a DST edge
 OFFSETS = [timezone.utc, timezone(timedelta(hours=3)), timezone(timedelta(hours=-5))]
-QUAL = st.sampled_from(["good", "weak", None])
+QUAL = st.sampled_from(["good", "weak", None, "unsure"])
 
 
 class NumbersMachine(RuleBasedStateMachine):

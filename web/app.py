@@ -288,9 +288,12 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                                .order_by(Call.started_at.desc()).limit(200)).all()
             flagged = [f for f in qr.flagged_rows(db, sc) if f["manager_id"] == manager_id]
             trend = qr.weekly_trend(db, sc, manager_id, s.min_calls_for_rank)
-        # the learned tagger's turns under its probability threshold, on the calls listed
+        # on the calls listed: steps resting only on the learned tagger's unsure turns (left out of the
+        # statistics) of all steps found, and its turns under the probability threshold of all it tagged
+        found = [r for c in calls for r in ((c.event or {}).get("steps") or {}).values() if r.get("present")]
         model_tags = [u for c in calls for u in (c.event or {}).get("utterance_tags") or [] if u.get("prob") is not None]
-        uncertain = (sum(bool(u.get("uncertain")) for u in model_tags), len(model_tags))
+        uncertain = (sum(bool(r.get("uncertain")) for r in found), len(found),
+                     sum(bool(u.get("uncertain")) for u in model_tags), len(model_tags))
         L = who.labels
         return page(request, who, "manager.html", m=rows[0], calls=calls, flagged=flagged, uncertain=uncertain,
                     steps_chart=charts.steps_vs_team(rows[0]["steps"], L.step, L.t("Steps against the team"),

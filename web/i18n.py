@@ -80,8 +80,11 @@ TEXT = {"ru": {
     "Steps against the team": "Этапы в сравнении с командой", "Weekly trend": "Динамика по неделям",
     "Step funnel of the team": "Воронка этапов команды", "Language": "Язык", "no team": "без команды",
     "Uncertain steps": "Неуверенные этапы",
-    "turns the learned tagger tagged on these calls (probability under its threshold); a trainer can correct them on the call page":
-        "реплик, размеченных моделью в этих звонках (вероятность ниже порога); тренер может исправить их на странице звонка",
+    "steps found on these calls rest only on turns the learned tagger was unsure of and are left out of the statistics":
+        "этапов в этих звонках держатся только на репликах, в которых модель не уверена, и не входят в статистику",
+    "uncertain turns": "неуверенных реплик",
+    "uncertain, not counted": "неуверенно, не в статистике",
+    "A trainer can correct them on the call page.": "Тренер может исправить их на странице звонка.",
     "corrected by": "исправил", "Correct": "Исправить", "no step": "без этапа", "Step": "Этап",
     "Objection kind": "Тип возражения", "mark answered": "отметить: отработано",
     "mark not answered": "отметить: не отработано", "Channels": "Каналы", "one party per channel": "по собеседнику на канал",

@@ -131,6 +131,8 @@ def tag_call_detailed(segments: list[Segment], language: str, duration_s: float 
         return None
 
     present = {st: any(st in tg.steps for tg in tags) for st in STEPS}
+    # a step shown by the model's unsure turns alone is kept on the call but marked, and not counted
+    confident = {st: any(st in tg.steps and not u.uncertain for tg, u in zip(tags, utterance_tags)) for st in STEPS}
 
     # ---- objections
     objections: list[Objection] = []
@@ -223,6 +225,9 @@ def tag_call_detailed(segments: list[Segment], language: str, duration_s: float 
         steps["objection_handling"] = StepResult(present=False, quality="missing", reasons=[t["obj_none"]])
     # closing
     steps["closing"] = _closing_verdict(segs, tags, t, present["closing"], first_at("closing"))
+
+    for st, r in steps.items():
+        r.uncertain = present[st] and not confident[st]
 
     # ---- furthest step
     furthest = None
