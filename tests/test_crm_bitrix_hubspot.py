@@ -195,6 +195,8 @@ def test_bitrix24_token_config_and_api_failures(api):
     assert a.parse(b24_req(b24_form("ONCRMCOMPANYADD"))).ignored == "event:ONCRMCOMPANYADD"
     # the lead was deleted since: nothing to publish, and a retry would not help
     assert a.parse(b24_req(b24_form())).ignored == "not_found:crm.lead.get:123"
+    api.routes[B24_KEY + "crm.lead.get"] = (400, {"error": "", "error_description": "Not found"})
+    assert a.parse(b24_req(b24_form())).ignored == "not_found:crm.lead.get:123"
     # the API fails: a 502 naming the method, never the webhook URL (it holds the key)
     api.routes[B24_KEY + "crm.lead.get"] = (503, {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"})
     with pytest.raises(UpstreamError) as e:

@@ -102,7 +102,8 @@ class Bitrix24Adapter:
         status, data = get_json(f"{base.rstrip('/')}/{method}?{urlencode({'id': entity_id})}", what,
                                 self.cfg.fetch_timeout_s)
         error = data.get("error") if isinstance(data, dict) else None
-        if error == "NOT_FOUND":
+        description = str(data.get("error_description") or "") if isinstance(data, dict) else ""
+        if error == "NOT_FOUND" or (status == 400 and description.strip().lower() == "not found"):
             raise NotFound(f"{method}:{entity_id}")
         if status in (401, 403) or error in ("INVALID_CREDENTIALS", "insufficient_scope", "ACCESS_DENIED",
                                              "NO_AUTH_FOUND", "WRONG_AUTH_TYPE"):
@@ -110,7 +111,7 @@ class Bitrix24Adapter:
                                                 "CALLQA_BITRIX24_WEBHOOK_URL is an active inbound webhook with the "
                                                 "crm scope")
         if not 200 <= status < 300 or not isinstance(data, dict) or not isinstance(data.get("result"), dict):
-            detail = (data or {}).get("error_description") or error if isinstance(data, dict) else None
+            detail = description or error
             raise UpstreamError("fetch_failed", f"{what}: HTTP {status}" + (f" ({detail})" if detail else ""))
         return data["result"]
 
