@@ -234,6 +234,31 @@ def cmd_report(args, s: Settings) -> int:
     return 0
 
 
+def cmd_digest(args, s: Settings) -> int:
+    from callqa import digest as dg
+    from models.db import session_factory
+    if args.send:
+        problem = dg.check_smtp(s)
+        if problem:
+            return _err(problem)
+    try:
+        with session_factory(s.db_url, must_exist=True)() as session:
+            d = dg.digest_for(s, session, args.since, args.team)
+    except ValueError as e:
+        return _err(f"--since: {e}")
+    text, html = dg.render_text(d), dg.render_html(d, s.web_url)
+    if not args.send:
+        sys.stdout.write(html if args.format == "html" else text)
+        return 0
+    try:
+        sent = dg.send(s, d, text, html)
+    except dg.SendError as e:
+        print(f"callqa: error: the digest was not sent: {e}", file=sys.stderr)
+        return 1
+    print(f"digest for {d['period']} sent to {', '.join(sent)}")
+    return 0
+
+
 def _tag_view(ev) -> tuple:
     """What a re-tag can change that matters: steps per segment, verdicts, objections, flags."""
     return ([(u.step, list(u.steps)) for u in ev.utterance_tags],
@@ -773,6 +798,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "or an ISO time (exclusive)")
     r.add_argument("--format", choices=["table", "json", "csv"], default="table")
     r.set_defaults(fn=cmd_report)
+
+    dg = sub.add_parser("digest", help="the evening summary for the head of sales: calls and leads per manager, hot "
+                        "leads missed, flagged calls waiting, the biggest gap (text, HTML, or by e-mail)")
+    dg.add_argument("--since", default="yesterday",
+                    help="yesterday (default: the whole day before today in CALLQA_TIMEZONE), today, or YYYY-MM-DD / "
+                         "an ISO time (from then until now)")
+    dg.add_argument("--team", help="one team (default: all)")
+    dg.add_argument("--format", choices=["text", "html"], default="text", help="what to print (without --send)")
+    dg.add_argument("--send", action="store_true",
+                    help="mail it (text and HTML) to CALLQA_SMTP_TO through CALLQA_SMTP_HOST instead of printing")
+    dg.set_defaults(fn=cmd_digest)
 
     rv = sub.add_parser("review", help="record a sales head's verdict on a flagged call")
     rv.add_argument("call_id")

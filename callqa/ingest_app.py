@@ -35,9 +35,11 @@ from models.events import CallRecorded
 from pipeline.ingest.amocrm import AmoCrmAdapter
 from pipeline.ingest.asterisk import AsteriskAdapter
 from pipeline.ingest.base import ContextStore, IngestConfig, IngestError, Outcome, RequestParts
+from pipeline.ingest.bitrix24 import Bitrix24Adapter
 from pipeline.ingest.crm import CrmConfig, GenericCrmAdapter
 from pipeline.ingest.freeswitch import FreeSwitchAdapter
 from pipeline.ingest.generic import GenericAdapter
+from pipeline.ingest.hubspot import HubSpotAdapter
 from pipeline.ingest.mango import MangoAdapter
 from pipeline.ingest.managers import ManagerDirectory
 from pipeline.ingest.safety import URLPolicy, UnsafeURL, check_recording_url
@@ -45,7 +47,8 @@ from pipeline.ingest.twilio import TwilioAdapter
 from pipeline.ingest.zadarma import ZadarmaAdapter
 
 log = logging.getLogger("callqa.ingest")
-PROVIDERS = ("twilio", "asterisk", "freeswitch", "zadarma", "mango", "generic", "amocrm", "kommo", "crm-generic")
+PROVIDERS = ("twilio", "asterisk", "freeswitch", "zadarma", "mango", "generic", "amocrm", "kommo", "bitrix24", "hubspot",
+             "crm-generic")
 
 
 def ingest_config(s: IngestSettings) -> IngestConfig:
@@ -65,7 +68,14 @@ def crm_config(s: IngestSettings) -> CrmConfig:
         amocrm_subdomain=s.amocrm_subdomain, amocrm_temperature_field=s.amocrm_temperature_field,
         amocrm_source_field=s.amocrm_source_field, amocrm_won_status=s.amocrm_won_status,
         amocrm_lost_status=s.amocrm_lost_status, amocrm_proposal_statuses=s.amocrm_proposal_statuses,
-        amocrm_invoice_statuses=s.amocrm_invoice_statuses, amocrm_currency=s.amocrm_currency)
+        amocrm_invoice_statuses=s.amocrm_invoice_statuses, amocrm_currency=s.amocrm_currency,
+        bitrix24_app_token=s.bitrix24_app_token, bitrix24_webhook_url=s.bitrix24_webhook_url,
+        bitrix24_temperature_field=s.bitrix24_temperature_field, bitrix24_proposal_stages=s.bitrix24_proposal_stages,
+        bitrix24_invoice_stages=s.bitrix24_invoice_stages, hubspot_client_secret=s.hubspot_client_secret,
+        hubspot_token=s.hubspot_token, hubspot_api_url=s.hubspot_api_url, hubspot_public_url=s.public_url,
+        hubspot_temperature_property=s.hubspot_temperature_property, hubspot_won_stages=s.hubspot_won_stages,
+        hubspot_lost_stages=s.hubspot_lost_stages, hubspot_proposal_stages=s.hubspot_proposal_stages,
+        hubspot_invoice_stages=s.hubspot_invoice_stages, fetch_timeout_s=s.crm_fetch_timeout_s)
 
 
 def url_policy(s: IngestSettings) -> URLPolicy:
@@ -167,6 +177,8 @@ def create_app(settings: IngestSettings, publisher: Any, managers: Optional[Mana
     crm_adapters = {
         "amocrm": AmoCrmAdapter(crm_cfg, managers, "amocrm"),
         "kommo": AmoCrmAdapter(crm_cfg, managers, "kommo"),
+        "bitrix24": Bitrix24Adapter(crm_cfg, managers),
+        "hubspot": HubSpotAdapter(crm_cfg, managers),
         "crm-generic": GenericCrmAdapter(crm_cfg, managers),
     }
     app = FastAPI(title="callqa ingest", docs_url=None, redoc_url=None, openapi_url=None)
@@ -204,15 +216,17 @@ def create_app(settings: IngestSettings, publisher: Any, managers: Optional[Mana
             return "published"
 
     async def checked(provider: str, request: Request, verify: Callable[[RequestParts], None],
-                      parse: Callable[[RequestParts], Any]) -> Any:
-        """The adapter's outcome for a verified, parsed request, or the 4xx answer saying why not."""
+                      parse: Callable[[RequestParts], Any], in_thread: bool = False) -> Any:
+        """The adapter's outcome for a verified, parsed request, or the 4xx answer saying why not (5xx where the
+        CRM's API failed or the provider is not configured). ``in_thread``: a parse that calls the CRM's API
+        runs off the event loop, so other callbacks are answered meanwhile."""
         try:
             parts = await parts_of(request)
         except IngestError:
             return reject(provider, 413, "body_too_large")
         try:
             verify(parts)
-            return parse(parts)
+            return await run_in_threadpool(parse, parts) if in_thread else parse(parts)
         except IngestError as e:
             return reject(provider, e.status, e.reason, e.detail)
 
@@ -234,10 +248,11 @@ def create_app(settings: IngestSettings, publisher: Any, managers: Optional[Mana
             return "published"
 
     async def handle_crm(provider: str, request: Request) -> Response:
-        """A CRM webhook: verify (401), parse (400), publish every event or answer 503 (the CRM retries;
-        the events already published are then duplicates, published nothing twice)."""
+        """A CRM webhook: verify (401), parse (400; 502 when the CRM's API, asked for the lead or deal, failed;
+        503 when the CRM is not configured here), publish every event or answer 503 (the CRM retries; the events
+        already published are then duplicates, published nothing twice)."""
         adapter = crm_adapters[provider]
-        outcome = await checked(provider, request, adapter.verify, adapter.parse)
+        outcome = await checked(provider, request, adapter.verify, adapter.parse, in_thread=True)
         if isinstance(outcome, Response):
             return outcome
         if not outcome.events:
@@ -344,6 +359,14 @@ def create_app(settings: IngestSettings, publisher: Any, managers: Optional[Mana
     @app.post("/hooks/kommo/{secret}")
     async def kommo(secret: str, request: Request) -> Response:
         return await handle_crm("kommo", request)
+
+    @app.post("/hooks/bitrix24")
+    async def bitrix24(request: Request) -> Response:
+        return await handle_crm("bitrix24", request)
+
+    @app.post("/hooks/hubspot")
+    async def hubspot(request: Request) -> Response:
+        return await handle_crm("hubspot", request)
 
     return app
 

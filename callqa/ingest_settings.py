@@ -47,6 +47,33 @@ class IngestSettings:
     amocrm_invoice_statuses: str = setting(
         "CALLQA_AMOCRM_INVOICE_STATUSES", "", "status ids (comma list) that mean an invoice was issued")
     amocrm_currency: str = setting("CALLQA_AMOCRM_CURRENCY", "RUB", "currency of amoCRM deal prices")
+    bitrix24_app_token: str = setting(
+        "CALLQA_BITRIX24_APP_TOKEN", "", "Bitrix24 outbound webhook: its application token (auth[application_token])")
+    bitrix24_webhook_url: str = setting(
+        "CALLQA_BITRIX24_WEBHOOK_URL", "", "Bitrix24 inbound webhook (crm scope) leads and deals are read through: "
+        "https://<portal>/rest/<user id>/<key>/ (holds a key: keep it secret)")
+    bitrix24_temperature_field: str = setting(
+        "CALLQA_BITRIX24_TEMPERATURE_FIELD", "", "Bitrix24 lead/deal field (e.g. UF_CRM_1700000000) holding hot/warm/cold")
+    bitrix24_proposal_stages: str = setting(
+        "CALLQA_BITRIX24_PROPOSAL_STAGES", "", "Bitrix24 lead status / deal stage ids (comma list) that mean a proposal was sent")
+    bitrix24_invoice_stages: str = setting(
+        "CALLQA_BITRIX24_INVOICE_STAGES", "", "Bitrix24 lead status / deal stage ids (comma list) that mean an invoice was "
+        "issued (the default deal pipeline: PREPAYMENT_INVOICE)")
+    hubspot_client_secret: str = setting(
+        "CALLQA_HUBSPOT_CLIENT_SECRET", "", "HubSpot app's client secret: the key of X-HubSpot-Signature-v3")
+    hubspot_token: str = setting(
+        "CALLQA_HUBSPOT_TOKEN", "", "HubSpot private app token (crm.objects.contacts.read, crm.objects.deals.read)")
+    hubspot_api_url: str = setting("CALLQA_HUBSPOT_API_URL", "https://api.hubapi.com", "HubSpot API base URL")
+    hubspot_temperature_property: str = setting(
+        "CALLQA_HUBSPOT_TEMPERATURE_PROPERTY", "", "HubSpot contact property holding hot/warm/cold (empty: none)")
+    hubspot_won_stages: str = setting("CALLQA_HUBSPOT_WON_STAGES", "closedwon", "HubSpot deal stage ids (comma list) of won deals")
+    hubspot_lost_stages: str = setting("CALLQA_HUBSPOT_LOST_STAGES", "closedlost", "HubSpot deal stage ids of lost deals")
+    hubspot_proposal_stages: str = setting(
+        "CALLQA_HUBSPOT_PROPOSAL_STAGES", "", "HubSpot deal stage ids that mean a proposal was sent (e.g. contractsent)")
+    hubspot_invoice_stages: str = setting(
+        "CALLQA_HUBSPOT_INVOICE_STAGES", "", "HubSpot deal stage ids that mean an invoice was issued")
+    crm_fetch_timeout_s: float = setting(
+        "CALLQA_CRM_FETCH_TIMEOUT_S", 10.0, "Bitrix24 / HubSpot API calls made for a webhook: give up after this long (502)")
     allowed_hosts: str = setting(
         "CALLQA_INGEST_ALLOWED_HOSTS", "", "extra recording hosts (comma-separated, *.suffix allowed; '*' = any public host)")
     allow_private: bool = setting(

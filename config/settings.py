@@ -152,6 +152,18 @@ class Settings:
         "CALLQA_LOGIN_MAX_FAILURES", 5, "wrong passwords for one user (or 4x that from one address) within "
         "CALLQA_LOGIN_LOCK_S that lock further logins out")
     login_lock_s: float = setting("CALLQA_LOGIN_LOCK_S", 900.0, "the lock-out window after too many wrong passwords")
+    web_url: str = setting(
+        "CALLQA_WEB_URL", "", "the web pages' public address (https://qa.example.com): links in the digest e-mail "
+        "(empty: call ids without links)")
+    smtp_host: str = setting("CALLQA_SMTP_HOST", "", "SMTP server that sends `callqa digest --send` (empty: no e-mail)")
+    smtp_port: int = setting("CALLQA_SMTP_PORT", 587, "SMTP port (587 with STARTTLS, 25 on a trusted relay)")
+    smtp_starttls: bool = setting(
+        "CALLQA_SMTP_STARTTLS", True, "upgrade the SMTP connection with STARTTLS (certificate checked) before logging in")
+    smtp_user: str = setting("CALLQA_SMTP_USER", "", "SMTP login (empty: send without logging in)")
+    smtp_password: str = setting("CALLQA_SMTP_PASSWORD", "", "SMTP password (from the environment only)")
+    smtp_from: str = setting("CALLQA_SMTP_FROM", "", "sender address of the digest, e.g. callqa@example.com")
+    smtp_to: str = setting("CALLQA_SMTP_TO", "", "digest recipients, comma-separated")
+    smtp_timeout_s: float = setting("CALLQA_SMTP_TIMEOUT_S", 30.0, "give up on the SMTP server after this long")
     cookie_secure: bool = setting(
         "CALLQA_COOKIE_SECURE", False, "always mark the session cookie Secure (it is anyway on https requests, "
         "including X-Forwarded-Proto: https from a trusted proxy)")

@@ -29,6 +29,7 @@ from models.db import session_factory
 from models.events import STEPS, CallTagged
 from models.tables import Call, Correction, FlagRow, ObjectionRow, SegmentRow, User
 from pipeline import accounts, funnel
+from pipeline import digest as dg
 from pipeline.corrections import CorrectionError, current_corrections, record_correction
 from pipeline import queries as qr
 from pipeline.accounts import Access
@@ -471,6 +472,22 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                        charts.steps_vs_team(steps, L.step, L.t("Conversion by step done well"), L.t("done well"),
                                             L.t("not well")) if impact["team"]["closed_leads"] else ""]
         return page(request, who, "funnel.html", data=data, impact=impact, charts=charts_html)
+
+    @app.get("/digest", response_class=HTMLResponse, include_in_schema=False)
+    def digest_page(request: Request, team: str = "", since: str = "yesterday", who: Me = Depends(me)):
+        """What `callqa digest` mails, for this user: their teams (a manager: their own rows), in their time zone;
+        the review queue only for those who review."""
+        who.need("managers")
+        with sessions() as db:
+            try:
+                win = dg.window(since or "yesterday", who.tz)
+            except ValueError as e:
+                raise HTTPException(400, str(e)) from None
+            data = dg.build_digest(db, win, tz=who.tz, team_id=team or None, teams=who.access.stats_teams(db),
+                                   manager_id=who.access.manager_id, include_flagged=who.access.can("flagged"),
+                                   hot_minutes=s.hot_lead_minutes, min_calls=s.min_calls_for_rank,
+                                   min_step_calls=s.min_step_calls)
+        return page(request, who, "digest.html", d=data, links="")
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():

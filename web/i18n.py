@@ -99,6 +99,17 @@ TEXT = {"ru": {
     "reviewed by": "проверил", "API tokens": "Токены API", "Save": "Сохранить", "Time zone": "Часовой пояс",
     "why": "почему", "calls": "звонков", "none: at or above the team": "нет: на уровне команды или выше",
     "not enough calls": "мало звонков",
+    "Digest": "Сводка", "Since": "С", "Period": "Период", "Calls and leads per manager": "Звонки и лиды по менеджерам",
+    "Failed": "Ошибки", "Hot missed": "Горячих пропущено", "No calls and no CRM leads in this period.":
+    "За этот период нет ни звонков, ни лидов из CRM.", "Hot leads not called within %g min":
+    "Горячие лиды без звонка за %g мин", "Lead": "Лид", "Created": "Создан", "First call": "Первый звонок",
+    "not called": "не позвонили", "after %g min": "через %g мин",
+    "None: every hot lead was called in time.": "Нет: всем горячим лидам позвонили вовремя.",
+    "Flagged calls waiting for review": "Звонки с замечаниями ждут проверки",
+    "%d flags on %d calls of this period, %d in the whole review queue.":
+        "%d замечаний в %d звонках за период, %d во всей очереди проверки.",
+    "The biggest gap": "Самый большой разрыв", "Weakest step": "Самый слабый этап", "Biggest drop": "Самый большой отсев",
+    "lost": "потеряно", "Too few tagged calls to name one.": "Слишком мало размеченных звонков, чтобы назвать его.",
 }}
 
 

@@ -34,13 +34,10 @@ import re
 from typing import Any, Optional
 
 from pipeline.ingest.base import RequestParts, SignatureError, consteq, epoch_to_dt, missing, to_float
-from pipeline.ingest.crm import CrmConfig, CrmOutcome, make_crm_event, stable_id, with_manager
+from pipeline.ingest.crm import CrmConfig, CrmOutcome, make_crm_event, stable_id, temperature, with_manager
 from pipeline.ingest.managers import ManagerDirectory
 
 MIN_SECRET = 24
-TEMPERATURES = {"hot": "hot", "горячий": "hot", "горячая": "hot", "warm": "warm", "тёплый": "warm",
-                "теплый": "warm", "тёплая": "warm", "теплая": "warm", "cold": "cold", "холодный": "cold",
-                "холодная": "cold"}
 LOSS_REASON_FIELDS = ("причина отказа", "loss reason", "причина проигрыша")
 
 
@@ -154,9 +151,9 @@ class AmoCrmAdapter:
             raise missing(f"{where}created_at")
         temp = None
         for tag in _items(item.get("tags")):
-            temp = temp or TEMPERATURES.get(str(tag.get("name", "")).strip().casefold())
+            temp = temp or temperature(tag.get("name"))
         field = _field(item, self.cfg.amocrm_temperature_field) if self.cfg.amocrm_temperature_field else None
-        temp = temp or TEMPERATURES.get((field or "").strip().casefold())
+        temp = temp or temperature(field)
         ev = make_crm_event({**base, "type": "lead_created", "event_id": f"{self.crm}:{base['lead_id']}:created",
                              "at": created, "created_at": created, "temperature": temp,
                              "source": (_field(item, self.cfg.amocrm_source_field) if self.cfg.amocrm_source_field

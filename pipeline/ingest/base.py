@@ -45,6 +45,17 @@ class PayloadError(IngestError):
     status = 400
 
 
+class UpstreamError(IngestError):
+    """The provider's own API, asked for what a callback only points at, failed -> 502, so the provider
+    sends the callback again later (nothing was published)."""
+    status = 502
+
+
+class NotConfigured(IngestError):
+    """The route's provider has no settings on this service -> 503 (the provider retries; once set, it works)."""
+    status = 503
+
+
 def missing(name: str) -> PayloadError:
     return PayloadError(f"missing:{name}", f"field {name!r} is required")
 

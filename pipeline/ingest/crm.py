@@ -16,15 +16,64 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Optional
 
 from pydantic import ValidationError
 
 from models.crm import CRM_EVENT, LeadCreated
-from pipeline.ingest.base import PayloadError, RequestParts, bad
+from pipeline.ingest.base import PayloadError, RequestParts, UpstreamError, bad
 from pipeline.ingest.hmacauth import verify_shared_secret
 from pipeline.ingest.managers import ManagerDirectory
+
+
+TEMPERATURES = {"hot": "hot", "горячий": "hot", "горячая": "hot", "warm": "warm", "тёплый": "warm",
+                "теплый": "warm", "тёплая": "warm", "теплая": "warm", "cold": "cold", "холодный": "cold",
+                "холодная": "cold"}
+
+
+def temperature(value: Any) -> Optional[str]:
+    """hot / warm / cold from a CRM's tag or field (English or Russian), None for anything else."""
+    return TEMPERATURES.get(str(value or "").strip().casefold())
+
+
+def id_set(value: str) -> set[str]:
+    """A setting's comma-separated list of status or stage ids."""
+    return {s for s in re.split(r"[,\s]+", value or "") if s}
+
+
+def iso_time(value: Any, name: str) -> datetime:
+    """An ISO 8601 time as the CRM APIs give it (``2026-03-02T10:00:00+03:00``, ``...Z``); naive = UTC."""
+    from datetime import timezone
+    try:
+        dt = datetime.fromisoformat(str(value).strip())
+    except ValueError:
+        raise bad(name, f"{name!r} is not an ISO time: {value!r}") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def get_json(url: str, what: str, timeout_s: float, headers: Optional[dict] = None) -> tuple[int, Any]:
+    """GET a CRM API's JSON: (HTTP status, the parsed body or None). A network failure or a body that is not
+    JSON is an UpstreamError (502: the CRM sends its webhook again). ``what`` names the call in errors; the
+    URL never does, because a Bitrix24 webhook URL holds its key."""
+    req = urllib.request.Request(url, headers={"Accept": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            status, body = resp.status, resp.read(4 << 20)
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read(1 << 20)
+    except (OSError, ValueError) as e:   # refused, reset, timed out, TLS, a malformed URL
+        raise UpstreamError("fetch_failed", f"{what}: {type(e).__name__}: {e}") from None
+    try:
+        return status, json.loads(body) if body.strip() else None
+    except ValueError:
+        if 200 <= status < 300:
+            raise UpstreamError("fetch_failed", f"{what}: HTTP {status} with a body that is not JSON") from None
+        return status, None
 
 
 @dataclass
@@ -73,6 +122,21 @@ class CrmConfig:
     amocrm_proposal_statuses: str = ""
     amocrm_invoice_statuses: str = ""
     amocrm_currency: str = "RUB"
+    bitrix24_app_token: str = ""
+    bitrix24_webhook_url: str = ""
+    bitrix24_temperature_field: str = ""
+    bitrix24_proposal_stages: str = ""
+    bitrix24_invoice_stages: str = ""
+    hubspot_client_secret: str = ""
+    hubspot_token: str = ""
+    hubspot_api_url: str = "https://api.hubapi.com"
+    hubspot_public_url: str = ""          # CALLQA_INGEST_PUBLIC_URL: the URL HubSpot signs
+    hubspot_temperature_property: str = ""
+    hubspot_won_stages: str = "closedwon"
+    hubspot_lost_stages: str = "closedlost"
+    hubspot_proposal_stages: str = ""
+    hubspot_invoice_stages: str = ""
+    fetch_timeout_s: float = 10.0
 
 
 class GenericCrmAdapter:
