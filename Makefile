@@ -15,8 +15,10 @@ PIP_LOCKED = $(PY) -m pip install -q --require-hashes --no-deps --no-build-isola
 demo: install
 	$(VENV)/bin/callqa demo
 
+# The long fault tests (marked `fault`) run in a step of their own, after the rest passed.
 test: check-lock install-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not fault"
+	$(PY) -m pytest -q -m fault
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

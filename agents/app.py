@@ -162,6 +162,31 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                 return fn(session, *args)
         return await asyncio.get_running_loop().run_in_executor(db_executor, run)
 
+    async def in_db_until_done(what: str, fn, *args):
+        """in_db, retried with capped backoff for as long as the database is unreachable (a restart, a
+        fail-over, an outage): the caller's events stay unacknowledged meanwhile, so their offsets are not
+        committed. Errors of the data itself are raised at once."""
+        from pipeline.store import is_transient_db_error
+        delay, since = 0.25, None
+        while True:
+            try:
+                out = await in_db(fn, *args)
+            except Exception as exc:
+                if not is_transient_db_error(exc):
+                    raise
+                now = time.monotonic()
+                since = since or now
+                metrics.failed.labels(what, "database_unavailable").inc()
+                log.warning("database unavailable for %s (%.0f s so far), retrying in %.1f s: %s", what,
+                            now - since, delay, str(exc).strip().splitlines()[0] if str(exc).strip() else
+                            type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(s.db_retry_max_s, delay * 2)
+                continue
+            if since is not None:
+                log.info("database back for %s after %.1f s", what, time.monotonic() - since)
+            return out
+
     metrics = WorkerMetrics()
     metrics.models.info({"asr_engine": s.asr_engine, "asr_model": s.asr_model, "asr_compute_type": s.asr_compute_type,
                          "tagger": s.tagger, "agents": ",".join(a for a in AGENTS if a in agents)})
@@ -220,76 +245,119 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         from pipeline.store import outbox_sent, pending_outbox
         rows = await in_db(lambda session: [(o.id, o.kind, o.key, o.value) for o in
                                             pending_outbox(session, ids=ids, older_than=older_than)])
+        sent = [(oid, await outbox_topics[kind].send(key=key.encode(), value=value.encode(), force=True))
+                for oid, kind, key, value in rows]
         done = []
-        for oid, kind, key, value in rows:
-            acked = await outbox_topics[kind].send(key=key.encode(), value=value.encode(), force=True)
-            await acked  # the broker has it: only now may the row go
+        for oid, acked in sent:  # all in flight at once; a row goes only once the broker has it
+            await acked
             done.append(oid)
         if done:
             await in_db(outbox_sent, done)
 
-    @agent("store", tagged)
-    async def store(stream):
-        from pipeline.store import store_tagged
-        async for raw in stream:
-            result = None
+    async def store_batch(evs: list[CallTagged]) -> list:
+        """The batch in one transaction; when its content breaks a constraint, call by call, so that only
+        the bad call is dead-lettered. Returns (event, StoreResult or the exception that refused it), in order."""
+        from sqlalchemy.exc import IntegrityError
+
+        from pipeline.store import store_tagged_batch
+        try:
+            return list(zip(evs, await in_db_until_done("store", store_tagged_batch, evs, tz, s.phone_region)))
+        except Exception as exc:
+            log.warning("a batch of %d calls was refused (%s); storing them one by one", len(evs), _reason(exc))
+        out = []
+        for ev in evs:
+            CALL_ID.set(ev.call_id)
             for attempt in range(3):
                 try:
-                    ev = CallTagged.model_validate_json(raw)
-                    CALL_ID.set(ev.call_id)
-                    t0 = time.perf_counter()
-                    result = await in_db(store_tagged, ev, tz, s.phone_region)
-                    metrics.latency.labels("store").observe(time.perf_counter() - t0)
-                    metrics.processed.labels("store").inc()
+                    out.append((ev, (await in_db_until_done("store", store_tagged_batch, [ev], tz,
+                                                            s.phone_region))[0]))
                     break
                 except Exception as exc:
-                    if attempt == 2 or isinstance(exc, ValueError):
-                        await dead("store", raw, exc)
-                        break
-                    await asyncio.sleep(2 ** attempt)  # a busy or restarting database
-            if result is None:
-                continue
-            if not result.stored:
-                log.info("call %s: a newer version is stored (revision %d); this one is dropped",
-                         ev.call_id, result.revision)
-                continue
-            # A crash before this send is healed by the redelivery of the tagged event (stored again).
-            await stored.send(key=result.update.manager_id.encode(), value=result.update.model_dump_json().encode())
-            if result.client_phone:  # its CRM lead, whichever came first (a replay re-sends: the join is idempotent)
-                await ask_join([result.client_phone])
-            if result.outbox:
+                    # two workers inserting one new call during a rebalance: the loser's retry sees the row
+                    if attempt < 2 and isinstance(exc, IntegrityError):
+                        await asyncio.sleep(0.2 * 2 ** attempt)
+                        continue
+                    out.append((ev, exc))
+                    break
+        return out
+
+    @agent("store", tagged)
+    async def store(stream):
+        # Batches: one transaction and a few statements for up to store_batch_max calls (bench/README.md).
+        # noack_take: an event is acknowledged only below, after its call is stored (or dead-lettered), so a
+        # worker stopped while the database is away commits no offset past an unstored call.
+        async for batch in stream.noack_take(s.store_batch_max, within=s.store_batch_wait_s):
+            evs, raws = [], []
+            for event in batch:
                 try:
-                    await send_outbox(result.outbox)
+                    evs.append(CallTagged.model_validate_json(event.value))
+                    raws.append(event.value)
+                except ValueError as exc:
+                    await dead("store", event.value, exc)
+            t0 = time.perf_counter()
+            done = await store_batch(evs) if evs else []
+            elapsed = time.perf_counter() - t0
+            phones, outbox = set(), []
+            for raw, (ev, result) in zip(raws, done):
+                CALL_ID.set(ev.call_id)
+                if isinstance(result, BaseException):
+                    await dead("store", raw, result)
+                    continue
+                metrics.latency.labels("store").observe(elapsed)
+                metrics.processed.labels("store").inc()
+                if not result.stored:
+                    log.info("call %s: a newer version is stored (revision %d); this one is dropped",
+                             ev.call_id, result.revision)
+                    continue
+                # A crash before this send is healed by the redelivery of the tagged event (stored again).
+                await stored.send(key=result.update.manager_id.encode(),
+                                  value=result.update.model_dump_json().encode())
+                if result.client_phone:  # its CRM lead, whichever came first (a replay re-sends: the join is idempotent)
+                    phones.add(result.client_phone)
+                outbox += result.outbox
+            await ask_join(sorted(phones))
+            if outbox:
+                try:
+                    await send_outbox(outbox)
                 except Exception:  # kept in the outbox: the timer below sends it
-                    log.exception("could not send the outbox of call %s yet", ev.call_id)
+                    log.exception("could not send the outbox of %d calls yet", len(done))
+            for event in batch:
+                await stream.ack(event)
 
     @agent("stats", stored)
     async def manager_stats(stream):
         from pipeline.stats import StatsState
-        from pipeline.store import mirror_manager_stats
+        from pipeline.store import mirror_managers_stats
         state = StatsState(stats_table)
         # calls.stored is keyed by manager_id, so one worker owns each manager's keys of the table.
-        async for event in stream.events():
-            try:
-                update = StatsUpdate.model_validate_json(event.value)
-            except ValueError:
-                log.error("not a statistics update on %s: %r", s.topic_stored, event.value[:200])
-                continue
-            applied = state.apply(update, offset=event.message.offset)
-            ms = state.manager(update.manager_id, applied.periods)
-            # mirrored even when unchanged: a crash between the table write and SQL is healed by the replay.
-            # Retried: with two workers, the other one's store agent can insert the manager's row between
-            # our read and our insert (IntegrityError on managers), and an exception here would crash the
-            # agent and stop the statistics of its partitions for good (bench/pipeline.py --two-workers).
+        async for batch in stream.noack_take(s.store_batch_max, within=s.store_batch_wait_s):
+            touched: dict[str, set] = {}
+            for event in batch:
+                try:
+                    update = StatsUpdate.model_validate_json(event.value)
+                except ValueError:
+                    log.error("not a statistics update on %s: %r", s.topic_stored, event.value[:200])
+                    continue
+                # the table writes its changelog to the partition of the event being handled, which a
+                # taken batch does not set
+                stream._set_current_event(event)
+                applied = state.apply(update, offset=event.message.offset)
+                touched.setdefault(update.manager_id, set()).update(applied.periods)
+            stream._set_current_event(None)
+            # Each touched manager's periods once per batch, in one transaction. Mirrored even when
+            # unchanged: a crash between the table write and SQL is healed by the replay.
+            items = [(state.manager(m, periods), periods) for m, periods in sorted(touched.items())]
             for attempt in range(5):
                 try:
-                    await in_db(mirror_manager_stats, ms, applied.periods)
+                    await in_db_until_done("stats", mirror_managers_stats, items)
                     break
                 except Exception:
-                    if attempt == 4:  # the table stays right; the mirror heals as the manager's next calls touch the periods
-                        log.exception("could not mirror the statistics of manager %s to SQL", ms.manager_id)
+                    if attempt == 4:  # the table stays right; the mirror heals as the managers' next calls touch the periods
+                        log.exception("could not mirror the statistics of %d managers to SQL", len(items))
                         break
                     await asyncio.sleep(0.25 * 2 ** attempt)
+            for event in batch:
+                await stream.ack(event)
 
     async def ask_join(phones: list[str]) -> None:
         for phone in phones:
@@ -302,7 +370,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         async for raw in stream:
             try:
                 ev = parse_crm_event(raw)
-                phones = await in_db(record_crm_event, ev, s.phone_region)
+                phones = await in_db_until_done("crm", record_crm_event, ev, s.phone_region)
             except Exception as exc:
                 await dead("crm", raw, exc)
                 continue
@@ -316,7 +384,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         async for raw in stream:
             try:
                 phone = json.loads(raw)["phone"]
-                links = await in_db(join_phone, phone, window, before)
+                links = await in_db_until_done("crm", join_phone, phone, window, before)
             except Exception:
                 log.exception("could not join the calls and leads of %r", raw[:100])
                 continue
@@ -327,7 +395,7 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         from pipeline.store import mark_failed
         async for raw in stream:
             try:
-                await in_db(mark_failed, DeadLetter.model_validate_json(raw), s.phone_region)
+                await in_db_until_done("failures", mark_failed, DeadLetter.model_validate_json(raw), s.phone_region)
             except Exception:
                 log.exception("could not record a dead letter in the database (it stays in %s)", s.topic_dlq)
 

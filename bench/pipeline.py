@@ -15,8 +15,16 @@
     restart, proven by a re-tag of an old call counted right. `--json FILE` writes
     {"scale": {"5000": {"ms_per_call", "rss_mb", "recovery_s", ...}, "50000": {...}}}.
 
+(d) Throughput (--throughput, run on its own): the non-ASR path of (a), calls/s until every call is
+    counted in the SQL mirror of the statistics, with one worker on SQLite, one on PostgreSQL and two
+    on PostgreSQL; with `--before DIR` (an export of older code, e.g. `git archive main | tar -x -C DIR`)
+    each is run with that code's worker too, side by side in the same run. The CPU seconds each process
+    (worker, broker, PostgreSQL) spent per call show where the time goes. `--json FILE` merges
+    {"throughput": {"sqlite_1w", "postgres_1w", "postgres_2w"}} (calls/s) into FILE, beside "scale".
+
 Run:  .venv/bin/python bench/pipeline.py [--calls 2000] [--warm 3] [--write-readme]
       .venv/bin/python bench/pipeline.py --scale [--json FILE] [--write-readme]
+      .venv/bin/python bench/pipeline.py --throughput [--before DIR] [--json FILE] [--write-readme]
 It starts its own broker (or uses --bootstrap), and a worker with default settings (faster-whisper
 base int8, 2 ASR processes, SQLite) in a temporary CALLQA_HOME.
 """
@@ -33,6 +41,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -229,6 +238,177 @@ def two_workers(bootstrap: str, home: Path, n: int) -> dict:
     finally:
         a.stop()
         b.stop()
+
+
+# ---------------------------------------------------------------------------------------------- throughput
+
+TP_START, TP_END = "<!-- throughput:start -->", "<!-- throughput:end -->"
+TP_CONFIGS = (("sqlite_1w", "sqlite", 1), ("postgres_1w", "postgres", 1), ("postgres_2w", "postgres", 2))
+
+
+class CodeWorker(WorkerProcess):
+    """A worker running the code of ``repo`` (this checkout, or an export of older code for --before)."""
+
+    def __init__(self, *args, repo: Path = REPO, **kw):
+        super().__init__(*args, **kw)
+        self.repo = repo
+
+    def start(self) -> "CodeWorker":
+        import subprocess
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "callqa", "worker"], cwd=self.repo,
+                                     env={**self.env, "PYTHONPATH": str(self.repo)},
+                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        return self
+
+
+def cpu_s(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each of these processes so far (with their reaped children)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = sum(int(x) for x in f[11:15]) / tick  # utime stime cutime cstime
+    return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two readings; a process that started in between (a PostgreSQL backend) from 0."""
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def throughput_run(bootstrap: str, home: Path, n: int, workers: int, db_url: str, repo: Path,
+                   pids: dict[str, Callable[[], list[int]]]) -> dict:
+    """``workers`` worker processes of ``repo``'s code (one group) on ``db_url``: a warm-up, then the run of
+    (a), with the CPU seconds per call of each process kind."""
+    from callqa.publisher import Publisher
+    ws = [CodeWorker(bootstrap, home, [home], db_url=db_url, repo=repo)]
+    for _ in range(workers - 1):
+        ws.append(CodeWorker(bootstrap, home, [home], app_id=ws[0].app_id, db_url=db_url, repo=repo))
+        ws[-1].topics, ws[-1].env = ws[0].topics, ws[0].env
+    ws[0].sessions  # migrate the database now, not in two workers at once
+    for w in ws:
+        w.start()
+    try:
+        for w in ws:
+            wait_ready(w)
+        if workers > 1:
+            time.sleep(5)  # let the group settle on one assignment
+        with Publisher(bootstrap, ws[0].topics["transcribed"]) as pub:
+            warm = [with_words(transcribed_event(i, "tpwarm", TP_MANAGERS)) for i in range(16)]
+            for ev in warm:
+                pub.publish_raw(ev.call_id, ev.model_dump_json().encode())
+        ws[0].wait_for_calls([ev.call_id for ev in warm], timeout_s=180, statuses=("tagged",))
+        kinds = {"worker": lambda: [w.proc.pid for w in ws], **pids}
+        before = {k: cpu_s(v()) for k, v in kinds.items()}
+        tp = throughput(ws[0], bootstrap, n, ws)
+        tp["cpu_ms_per_call"] = {k: cpu_used(before[k], cpu_s(v())) * 1000 / n for k, v in kinds.items()}
+        return tp
+    finally:
+        for w in ws:
+            w.stop()
+
+
+def fmt_throughput(runs: dict[str, dict], n: int, seconds: float) -> str:
+    before = any("before" in r for r in runs.values())
+    lines = [
+        "## Throughput of the non-ASR path, side by side",
+        "",
+        f"`bench/pipeline.py --throughput{' --before DIR' if before else ''}` (run: `.venv/bin/python bench/pipeline.py "
+        f"--throughput --calls {n}{' --before /tmp/callqa-before' if before else ''} --json FILE --write-readme`). "
+        f"{n} `CallTranscribed` events (the dev dialogues with word timestamps, 20 managers) published at once "
+        "to fresh workers' `transcribed` topic after a warm-up; calls/s until every call is stored, and until "
+        "every call is counted in the SQL mirror of the statistics (tag + store + statistics: the figure). "
+        f"{os.cpu_count()} CPU cores **shared with three other engineers' work**: numbers from one run move by "
+        "±30 % from run to run, so only the columns of one run are compared. Kafka 3.9.1 (KRaft, local), "
+        f"PostgreSQL local (fsync on), Python {platform.python_version()}."
+        + (" \"before\": the worker of the code before this change (an export of `main`), run right before "
+           "\"after\" on the same broker and database server." if before else ""),
+        "",
+        "| setup | " + (" before: stored / counted (calls/s) | " if before else "") + "after: stored / counted (calls/s) | "
+        + ("ratio (counted) | " if before else "") + "after: CPU ms per call (worker / broker / PostgreSQL) |",
+        "|---|" + ("---|" if before else "") + "---|" + ("---|" if before else "") + "---|",
+    ]
+    for key, r in runs.items():
+        a = r["after"]
+        cpu = a["cpu_ms_per_call"]
+        row = f"| {key} | "
+        if before:
+            b = r["before"]
+            row += f"{b['stored_rate']:.0f} / {b['stats_rate']:.0f} | "
+        row += f"{a['stored_rate']:.0f} / **{a['stats_rate']:.0f}** | "
+        if before:
+            row += f"{a['stats_rate'] / r['before']['stats_rate']:.2f} | "
+        row += f"{cpu['worker']:.2f} / {cpu.get('broker', float('nan')):.2f} / {cpu.get('postgres', 0):.2f} |"
+        lines.append(row)
+    lines += ["", "Target (design.md): ≥ 200 calls/s on 2 cores."]
+    if seconds:
+        lines += ["", f"_Benchmark ran in {seconds:.0f} s._"]
+    return "\n".join(lines)
+
+
+def throughput_bench(args, started: float) -> int:
+    from tests.pgserver import LocalPostgres
+    repos = ([("before", Path(args.before).resolve())] if args.before else []) + [("after", REPO)]
+    runs: dict[str, dict] = {}
+    broker = None
+    with tempfile.TemporaryDirectory(prefix="callqa-tp-") as tmp, LocalPostgres() as pg:
+        tmp = Path(tmp)
+        bootstrap = args.bootstrap
+        pids: dict[str, Callable[[], list[int]]] = {}
+        if not bootstrap:
+            from callqa.broker import LocalBroker
+            broker = LocalBroker(workdir=tmp / "kafka").start(log=lambda m: print(m, file=sys.stderr))
+            bootstrap = broker.bootstrap
+            pids["broker"] = lambda: [broker._proc.pid]
+        postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+        import psycopg
+        try:
+            for key, db, workers in TP_CONFIGS:
+                for label, repo in repos:
+                    tag = f"{key}-{label}"
+                    if db == "sqlite":
+                        url = f"sqlite:///{tmp / tag / 'callqa.db'}"
+                    else:
+                        with psycopg.connect(f"host=127.0.0.1 port={pg.port} user=callqa dbname=callqa",
+                                             autocommit=True) as c:
+                            c.execute(f'CREATE DATABASE "{tag}"')
+                        url = pg.url.rsplit("/", 1)[0] + f"/{tag}"
+                    print(f"throughput {tag}: {args.calls} calls...", file=sys.stderr)
+                    run_pids = {**pids, "postgres": lambda: [postmaster] + children(postmaster)} \
+                        if db == "postgres" else pids
+                    r = throughput_run(bootstrap, tmp / tag, args.calls, workers, url, repo, run_pids)
+                    print(json.dumps(r), file=sys.stderr)
+                    runs.setdefault(key, {})[label] = r
+        finally:
+            if broker is not None:
+                broker.stop()
+    section = fmt_throughput(runs, args.calls, time.perf_counter() - started)
+    print(section)
+    if args.json:
+        path = Path(args.json)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data["throughput"] = {k: r["after"]["stats_rate"] for k, r in runs.items()}
+        data["throughput_runs"] = runs
+        path.write_text(json.dumps(data, indent=2))
+    if args.write_readme:
+        write_readme(section, TP_START, TP_END)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- scale
@@ -440,9 +620,11 @@ def scale(args, started: float) -> int:
     section = fmt_scale(runs, inproc, time.perf_counter() - started)
     print(json.dumps({"scale": {str(n): runs[n] for n in sizes}}, indent=2))
     print(section)
-    if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"scale": {str(n): {**runs[n], "in_process": inproc[n]} for n in sizes}}, indent=2))
+    if args.json:  # merged: --throughput writes its part into the same file
+        path = Path(args.json)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data["scale"] = {str(n): {**runs[n], "in_process": inproc[n]} for n in sizes}
+        path.write_text(json.dumps(data, indent=2))
     if args.write_readme:
         write_readme(section, SCALE_START, SCALE_END)
     return 0
@@ -544,6 +726,10 @@ def main(argv=None) -> int:
                     help="only the one-manager growth test: 5,000 and 50,000 calls, per-call time and memory, "
                          "recovery after a restart")
     ap.add_argument("--scale-sizes", default="5000,50000", help="the two history sizes of --scale")
+    ap.add_argument("--throughput", action="store_true",
+                    help="only the non-ASR throughput: one worker on SQLite, one and two on PostgreSQL")
+    ap.add_argument("--before", help="with --throughput: also run each setup with the worker of the code in this "
+                                     "directory (an export of older code), side by side")
     ap.add_argument("--write-readme", action="store_true", help="replace the section of bench/README.md")
     ap.add_argument("--json", help="also write the raw numbers here")
     args = ap.parse_args(argv)
@@ -551,6 +737,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     if args.scale:
         return scale(args, started)
+    if args.throughput:
+        return throughput_bench(args, started)
 
     broker = None
     with tempfile.TemporaryDirectory(prefix="callqa-bench-") as tmp:

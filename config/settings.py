@@ -44,6 +44,15 @@ class Settings:
     db_pool_recycle_s: int = setting(
         "CALLQA_DB_POOL_RECYCLE_S", 1800, "PostgreSQL: reopen connections older than this (proxies drop idle ones)")
     db_pool_timeout_s: int = setting("CALLQA_DB_POOL_TIMEOUT_S", 30, "PostgreSQL: wait this long for a free connection")
+    store_batch_max: int = setting(
+        "CALLQA_STORE_BATCH_MAX", 200, "worker: tagged calls (and statistics updates) written to the database in one "
+        "transaction at most; their offsets are committed only after it")
+    store_batch_wait_s: float = setting(
+        "CALLQA_STORE_BATCH_WAIT_S", 0.05, "worker: how long a batch waits for more events before it is written "
+        "(a latency bound when calls trickle in; under load batches fill first)")
+    db_retry_max_s: float = setting(
+        "CALLQA_DB_RETRY_MAX_S", 5.0, "worker: longest pause between retries while the database is unreachable "
+        "(retried until it is back: a call is never dead-lettered for an outage)")
     app_id: str = setting("CALLQA_APP_ID", "callqa", "Faust app id (consumer group)")
     log_format: str = setting("CALLQA_LOG_FORMAT", "text", "worker logs: text, or json (one object a line, with "
                               "the call_id of the event being handled)")

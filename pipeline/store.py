@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.events import CallFlagged, CallRecorded, CallTagged, DeadLetter, StatsUpdate
@@ -17,22 +17,69 @@ from pipeline.phones import normalize_phone
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 
 
-def _upsert_manager(session: Session, ev: CallRecorded) -> None:
-    """Name and team follow the manager's most recent call (by started_at), not the last one stored:
-    re-tagging an old call must not move a manager back to their old team."""
-    m = session.get(Manager, ev.manager_id)
-    started = as_utc(ev.started_at)
-    if m is None:
-        session.add(Manager(manager_id=ev.manager_id, name=ev.manager_name, team_id=ev.team_id,
-                            team_since=started if ev.team_id else None))
-        session.flush()  # later statements in this transaction (the call row) refer to it
+def _insert_ignore(session: Session, table, rows: list[dict]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING: two workers may add the same new manager at once."""
+    if not rows:
         return
-    if m.team_since is None or started >= m.team_since:
-        m.name = ev.manager_name or m.name
-        if ev.team_id:
-            m.team_id, m.team_since = ev.team_id, started
-    elif m.name is None:
-        m.name = ev.manager_name
+    dialect = session.bind.dialect.name if session.bind is not None else ""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:  # pragma: no cover - callqa runs on these two
+        for row in rows:
+            if session.get(table, row[next(iter(table.__table__.primary_key)).name]) is None:
+                session.execute(insert(table.__table__), [row])
+        return
+    session.execute(dialect_insert(table.__table__).on_conflict_do_nothing(), rows)
+
+
+def _upsert_managers(session: Session, evs: Sequence[CallRecorded]) -> None:
+    """Name and team follow each manager's most recent call (by started_at), not the last one stored:
+    re-tagging an old call must not move a manager back to their old team. The conditions are in the
+    UPDATEs, not read first: two workers storing calls of one manager at once cannot undo each other."""
+    newest_team: dict[str, tuple[datetime, CallRecorded]] = {}
+    newest_name: dict[str, tuple[datetime, CallRecorded]] = {}
+    for ev in evs:
+        started = as_utc(ev.started_at)
+        if ev.team_id and (ev.manager_id not in newest_team or started >= newest_team[ev.manager_id][0]):
+            newest_team[ev.manager_id] = (started, ev)
+        if ev.manager_name and (ev.manager_id not in newest_name or started >= newest_name[ev.manager_id][0]):
+            newest_name[ev.manager_id] = (started, ev)
+    ids = sorted({ev.manager_id for ev in evs})  # one order for every writer: no lock cycles between workers
+    m = Manager.__table__.c
+    known = {r.manager_id: r for r in session.execute(
+        select(m.manager_id, m.name, m.team_id, m.team_since).where(m.manager_id.in_(ids)))}
+    now = utcnow()
+    _insert_ignore(session, Manager, [dict(manager_id=i, updated_at=now) for i in ids if i not in known])
+    team_rows, name_rows, fill_rows = [], [], []
+    for i in ids:
+        k = known.get(i)
+        since = as_utc(k.team_since) if k is not None else None
+        name = k.name if k is not None else None
+        if i in newest_team:
+            started, ev = newest_team[i]
+            if since is None or started > since or (started == since and (k.team_id, name) != (
+                    ev.team_id, ev.manager_name or name)):
+                team_rows.append(dict(m_id=i, m_started=started, team_id=ev.team_id, team_since=started,
+                                      m_name=ev.manager_name, updated_at=now))
+                since, name = started, ev.manager_name or name
+        if i in newest_name:
+            started, ev = newest_name[i]
+            if name != ev.manager_name:
+                if since is None or started >= since:
+                    name_rows.append(dict(m_id=i, m_started=started, name=ev.manager_name, updated_at=now))
+                elif name is None:
+                    fill_rows.append(dict(m_id=i, name=ev.manager_name, updated_at=now))
+    t = Manager.__table__
+    newer = or_(m.team_since.is_(None), m.team_since <= bindparam("m_started"))
+    if team_rows:
+        session.execute(update(t).where(m.manager_id == bindparam("m_id"), newer).values(
+            name=func.coalesce(bindparam("m_name"), m.name)), team_rows)
+    if name_rows:
+        session.execute(update(t).where(m.manager_id == bindparam("m_id"), newer), name_rows)
+    if fill_rows:
+        session.execute(update(t).where(m.manager_id == bindparam("m_id"), m.name.is_(None)), fill_rows)
 
 
 def _call_row(session: Session, ev: CallRecorded, region: str = "RU") -> Call:
@@ -71,78 +118,134 @@ def _version(published_at: Optional[datetime], tagged_at: Optional[datetime]) ->
     return as_utc(published_at) or _EARLIEST, as_utc(tagged_at) or _EARLIEST
 
 
+def _call_values(ev: CallTagged, region: str, revision: int, now: datetime) -> dict:
+    return dict(
+        source=ev.source, manager_id=ev.manager_id, team_id=ev.team_id, direction=ev.direction,
+        client_number=ev.client_number, client_phone=normalize_phone(ev.client_number, region),
+        started_at=ev.started_at, recording_url=ev.recording_url,
+        lead=ev.lead.model_dump(mode="json") if ev.lead else None,
+        published_at=ev.published_at, tagged_at=ev.tagged_at, revision=revision,
+        duration_s=ev.duration_s if ev.duration_s is not None else ev.asr.audio_s,
+        language=ev.language_detected or (ev.language if ev.language != "auto" else None),
+        status="tagged", failed_stage=None, error=None, furthest_step=ev.furthest_step,
+        metrics=ev.metrics.model_dump(mode="json"), asr=ev.asr.model_dump(mode="json"),
+        event=ev.model_dump(mode="json"), updated_at=now)
+
+
 def store_tagged(session: Session, ev: CallTagged, tz: tzinfo = timezone.utc, region: str = "RU") -> StoreResult:
-    """Replace everything stored for ev.call_id with ev (a replay stores nothing twice).
+    """One call: ``store_tagged_batch`` of one."""
+    return store_tagged_batch(session, [ev], tz, region)[0]
+
+
+def store_tagged_batch(session: Session, events: Sequence[CallTagged], tz: tzinfo = timezone.utc,
+                       region: str = "RU") -> list[StoreResult]:
+    """Store several calls in the caller's transaction, each replacing everything stored for its call_id
+    (a replay stores nothing twice); one result per event, in order.
 
     An older version than the one stored (an earlier upload whose transcription finished last, an old
-    tagging redelivered) changes nothing. In the same transaction it writes to the outbox what must
-    not be lost if the worker dies right after the commit: the notice of flags the call did not have
-    before (calls.flagged), and, when the call changed manager, the retraction of its statistics from
-    the old one. ``tz`` is the business time zone of the statistics periods; ``region`` the country of
-    client numbers written without a country code (CALLQA_PHONE_REGION).
+    tagging redelivered) changes nothing; of several versions of one call in the batch only the newest is
+    written (the others get ``stored=False``), as if they had come one by one. In the same transaction it
+    writes to the outbox what must not be lost if the worker dies right after the commit: the notice of
+    flags a call did not have before (calls.flagged), and, when a call changed manager, the retraction of
+    its statistics from the old one. ``tz`` is the business time zone of the statistics periods;
+    ``region`` the country of client numbers written without a country code (CALLQA_PHONE_REGION).
+
+    Each statement covers the whole batch (one SELECT, one executemany per table): per call, the round
+    trips to PostgreSQL and SQLAlchemy's per-statement work were most of the store's cost.
     """
-    q = select(Call).where(Call.call_id == ev.call_id)
+    results: list[Optional[StoreResult]] = [None] * len(events)
+    newest: dict[str, int] = {}
+    for i, ev in enumerate(events):
+        j = newest.get(ev.call_id)
+        # a later duplicate of the same version wins: a replay replaces, as it would one at a time
+        if j is None or _version(ev.published_at, ev.tagged_at) >= _version(events[j].published_at,
+                                                                             events[j].tagged_at):
+            newest[ev.call_id] = i
+    ids = sorted(newest)  # one lock order for every writer
+    c = Call.__table__.c
+    q = select(c.call_id, c.status, c.published_at, c.tagged_at, c.revision, c.manager_id) \
+        .where(c.call_id.in_(ids)).order_by(c.call_id)
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         q = q.with_for_update()  # two workers storing one call during a rebalance take turns
-    existing = session.scalar(q)
-    if existing is not None and existing.status == "tagged" and \
-            _version(existing.published_at, existing.tagged_at) > _version(ev.published_at, ev.tagged_at):
-        return StoreResult(stored=False, revision=existing.revision)
-    previous_manager = existing.manager_id if existing is not None and existing.status == "tagged" else None
-    revision = (existing.revision or 0) + 1 if existing is not None else 1
-    _upsert_manager(session, ev)
-    before = set(session.scalars(select(FlagRow.code).where(FlagRow.call_id == ev.call_id)))
-    call = _call_row(session, ev, region)
-    call.published_at = ev.published_at
-    call.tagged_at = ev.tagged_at
-    call.revision = revision
-    call.duration_s = ev.duration_s if ev.duration_s is not None else ev.asr.audio_s
-    call.language = ev.language_detected or (ev.language if ev.language != "auto" else None)
-    call.status = "tagged"
-    call.failed_stage = None
-    call.error = None
-    call.furthest_step = ev.furthest_step
-    call.metrics = ev.metrics.model_dump(mode="json")
-    call.asr = ev.asr.model_dump(mode="json")
-    call.event = ev.model_dump(mode="json")
+    existing = {r.call_id: r for r in session.execute(q)}
+    todo: list[tuple[int, CallTagged, int, Optional[str]]] = []  # index, event, revision, previous manager
+    for cid in ids:
+        i, ev = newest[cid], events[newest[cid]]
+        old = existing.get(cid)
+        if old is not None and old.status == "tagged" and \
+                _version(old.published_at, old.tagged_at) > _version(ev.published_at, ev.tagged_at):
+            results[i] = StoreResult(stored=False, revision=old.revision)
+            continue
+        todo.append((i, ev, (old.revision or 0) + 1 if old is not None else 1,
+                     old.manager_id if old is not None and old.status == "tagged" else None))
+    if todo:
+        _store_many(session, todo, existing, results, tz, region)
+    for i, ev in enumerate(events):  # the older copies of a call the batch stored
+        if results[i] is None:
+            results[i] = StoreResult(stored=False, revision=results[newest[ev.call_id]].revision)
+    return results  # type: ignore[return-value]
+
+
+def _store_many(session: Session, todo: list[tuple[int, CallTagged, int, Optional[str]]], existing: dict,
+                results: list[Optional[StoreResult]], tz: tzinfo, region: str) -> None:
+    ids = [ev.call_id for _, ev, _, _ in todo]
+    _upsert_managers(session, [ev for _, ev, _, _ in todo])
+    before: dict[str, set[str]] = {}
+    for cid, code in session.execute(select(FlagRow.call_id, FlagRow.code).where(FlagRow.call_id.in_(ids))):
+        before.setdefault(cid, set()).add(code)
+    now = utcnow()
+    new_calls, old_calls = [], []
+    for _, ev, revision, _ in todo:
+        row = _call_values(ev, region, revision, now)
+        if ev.call_id in existing:
+            old_calls.append({**row, "c_id": ev.call_id})
+        else:
+            new_calls.append({**row, "call_id": ev.call_id})
+    t = Call.__table__
+    if old_calls:
+        session.execute(update(t).where(t.c.call_id == bindparam("c_id")), old_calls)
+    _insert(session, Call, new_calls)
     # Children are rewritten, not merged: a re-tagged call must not keep stale tags.
-    for table in (SegmentRow, CallStep, ObjectionRow, FlagRow):
-        session.execute(delete(table).where(table.call_id == ev.call_id))
-    tags = {t.segment: t for t in ev.utterance_tags}
-    # Core bulk inserts (one executemany per table): the ORM unit of work per row was the larger part of
-    # the store stage's cost (bench/pipeline.py).
-    _insert(session, SegmentRow, [
-        dict(call_id=ev.call_id, idx=i, speaker=s.speaker, start=s.start, end=s.end, text=s.text,
-             avg_logprob=s.avg_logprob, step=tags[i].step if i in tags else None,
-             evidence=tags[i].evidence if i in tags else None)
-        for i, s in enumerate(ev.segments)])
-    _insert(session, CallStep, [
-        dict(call_id=ev.call_id, step=step, present=r.present, first_at=r.first_at, quality=r.quality,
-             reasons=r.reasons, uncertain=r.uncertain)
-        for step, r in ev.steps.items()])
-    _insert(session, ObjectionRow, [
-        dict(call_id=ev.call_id, idx=i, text=o.text, kind=o.kind, answered=o.answered, at=o.at, answer=o.answer)
-        for i, o in enumerate(ev.objections)])
-    _insert(session, FlagRow, [dict(call_id=ev.call_id, idx=i, code=f.code, detail=f.detail, at=f.at)
-                               for i, f in enumerate(ev.flags)])
-    result = StoreResult(stored=True, revision=revision, new_flags=sorted({f.code for f in ev.flags} - before),
-                         client_phone=call.client_phone)
-    result.update = StatsUpdate(op="apply", call_id=ev.call_id, manager_id=ev.manager_id, revision=revision,
-                                outcome=stats.outcome_from_tagged(ev, tz, revision).to_compact())
-    outbox = []
-    if previous_manager is not None and previous_manager != ev.manager_id:
-        retract = StatsUpdate(op="retract", call_id=ev.call_id, manager_id=previous_manager, revision=revision)
-        outbox.append(Outbox(kind="stats", key=previous_manager, value=retract.model_dump_json()))
-    if result.new_flags:
-        note = CallFlagged(call_id=ev.call_id, manager_id=ev.manager_id, manager_name=ev.manager_name,
-                           team_id=ev.team_id, started_at=ev.started_at, recording_url=ev.recording_url,
-                           new_flags=result.new_flags, flags=ev.flags, furthest_step=ev.furthest_step)
-        outbox.append(Outbox(kind="flagged", key=ev.call_id, value=note.model_dump_json()))
+    stale = [cid for cid in ids if cid in existing]
+    for table in (SegmentRow, CallStep, ObjectionRow, FlagRow) if stale else ():
+        session.execute(delete(table.__table__).where(table.__table__.c.call_id.in_(stale)))
+    segments, steps, objections, flags, outbox, outbox_of = [], [], [], [], [], []
+    for i, ev, revision, previous_manager in todo:
+        cid = ev.call_id
+        tags = {tg.segment: tg for tg in ev.utterance_tags}
+        segments += [dict(call_id=cid, idx=k, speaker=sg.speaker, start=sg.start, end=sg.end, text=sg.text,
+                          avg_logprob=sg.avg_logprob, step=tags[k].step if k in tags else None,
+                          evidence=tags[k].evidence if k in tags else None) for k, sg in enumerate(ev.segments)]
+        steps += [dict(call_id=cid, step=step, present=r.present, first_at=r.first_at, quality=r.quality,
+                       reasons=r.reasons, uncertain=r.uncertain) for step, r in ev.steps.items()]
+        objections += [dict(call_id=cid, idx=k, text=o.text, kind=o.kind, answered=o.answered, at=o.at,
+                            answer=o.answer) for k, o in enumerate(ev.objections)]
+        flags += [dict(call_id=cid, idx=k, code=f.code, detail=f.detail, at=f.at) for k, f in enumerate(ev.flags)]
+        result = StoreResult(stored=True, revision=revision,
+                             new_flags=sorted({f.code for f in ev.flags} - before.get(cid, set())),
+                             client_phone=normalize_phone(ev.client_number, region))
+        result.update = StatsUpdate(op="apply", call_id=cid, manager_id=ev.manager_id, revision=revision,
+                                    outcome=stats.outcome_from_tagged(ev, tz, revision).to_compact())
+        results[i] = result
+        if previous_manager is not None and previous_manager != ev.manager_id:
+            retract = StatsUpdate(op="retract", call_id=cid, manager_id=previous_manager, revision=revision)
+            outbox.append(dict(kind="stats", key=previous_manager, value=retract.model_dump_json(), created_at=now))
+            outbox_of.append(result)
+        if result.new_flags:
+            note = CallFlagged(call_id=cid, manager_id=ev.manager_id, manager_name=ev.manager_name,
+                               team_id=ev.team_id, started_at=ev.started_at, recording_url=ev.recording_url,
+                               new_flags=result.new_flags, flags=ev.flags, furthest_step=ev.furthest_step)
+            outbox.append(dict(kind="flagged", key=cid, value=note.model_dump_json(), created_at=now))
+            outbox_of.append(result)
+    _insert(session, SegmentRow, segments)
+    _insert(session, CallStep, steps)
+    _insert(session, ObjectionRow, objections)
+    _insert(session, FlagRow, flags)
     if outbox:
-        session.add_all(outbox)
-        session.flush()
-        result.outbox = [o.id for o in outbox]
-    return result
+        o = Outbox.__table__
+        new_ids = session.execute(insert(o).returning(o.c.id, sort_by_parameter_order=True), outbox).scalars()
+        for result, oid in zip(outbox_of, new_ids):
+            result.outbox.append(oid)
 
 
 def pending_outbox(session: Session, *, ids: Optional[list[int]] = None, older_than: Optional[datetime] = None,
@@ -172,7 +275,7 @@ def mark_failed(session: Session, dead: DeadLetter, region: str = "RU") -> bool:
             ev = CallRecorded.model_validate_json(dead.original)
         except ValueError:
             return False  # no usable event: the dead letter in calls.dlq is the record
-        _upsert_manager(session, ev)
+        _upsert_managers(session, [ev])
         call = _call_row(session, ev, region)
         call.status = "failed"
     elif call.status != "tagged":
@@ -220,31 +323,46 @@ def load_outcomes(session: Session, *, team_id: Optional[str] = None, since: Opt
 def mirror_manager_stats(session: Session, ms: stats.ManagerStats, periods: Optional[Iterable[str]] = None) -> None:
     """Write one manager's live statistics to SQL, replacing the previous copy: of the given periods
     (those an update touched: the cost stays flat as the history grows), or of every period."""
-    if session.get(Manager, ms.manager_id) is None:
-        session.add(Manager(manager_id=ms.manager_id, team_id=ms.team_id))
-        session.flush()
-    for table in (ManagerStageStat, ManagerObjectionStat):
-        q = delete(table).where(table.manager_id == ms.manager_id)
-        if periods is not None:
-            q = q.where(table.period.in_(list(periods)))
-        session.execute(q)
+    mirror_managers_stats(session, [(ms, periods)])
+
+
+def mirror_managers_stats(session: Session,
+                          items: Sequence[tuple[stats.ManagerStats, Optional[Iterable[str]]]]) -> None:
+    """``mirror_manager_stats`` for several managers in one go: one statement per table for all of them
+    (the statistics agent mirrors what a batch of updates touched)."""
+    if not items:
+        return
     now = utcnow()
-    rows = []
-    for period, teams in ms.totals.items():
-        for team, steps in teams.items():
-            for step, c in steps.items():
-                st = stats.StageStat(ms.manager_id, step, int(c["calls"]), int(c["occurred"]),
-                                     int(c["quality_passed"]), int(c["reached_next"]), int(c["scored"]),
-                                     float(c["score_sum"]), float(c.get("score_sq", 0.0)))
-                rows.append(dict(
-                    manager_id=ms.manager_id, team_id=team, step=step, period=period, calls=st.calls,
-                    occurred=st.occurred, quality_passed=st.quality_passed, reached_next=st.reached_next,
-                    scored=st.scored, score_sum=st.score_sum, score_sq=st.score_sq, share=st.share,
-                    pass_rate=st.pass_rate, conversion=st.conversion, score=st.score, updated_at=now))
-    _insert(session, ManagerStageStat, rows)
-    _insert(session, ManagerObjectionStat, [
-        dict(manager_id=ms.manager_id, kind=kind, period=period, raised=raised, answered=answered, updated_at=now)
-        for period, kinds in ms.objections.items() for kind, (raised, answered) in kinds.items() if raised])
+    _insert_ignore(session, Manager, [dict(manager_id=ms.manager_id, team_id=ms.team_id, updated_at=now)
+                                      for ms, _ in items])
+    everything = [ms.manager_id for ms, periods in items if periods is None]
+    some = [dict(m_id=ms.manager_id, m_period=p) for ms, periods in items if periods is not None for p in periods]
+    stage_rows, objection_rows = [], []
+    for table in (ManagerStageStat, ManagerObjectionStat):
+        t = table.__table__
+        if everything:
+            session.execute(delete(t).where(t.c.manager_id.in_(everything)))
+        if some:
+            session.execute(delete(t).where(t.c.manager_id == bindparam("m_id"), t.c.period == bindparam("m_period")),
+                            some)
+    for ms, _ in items:
+        for period, teams in ms.totals.items():
+            for team, steps in teams.items():
+                for step, c in steps.items():
+                    st = stats.StageStat(ms.manager_id, step, int(c["calls"]), int(c["occurred"]),
+                                         int(c["quality_passed"]), int(c["reached_next"]), int(c["scored"]),
+                                         float(c["score_sum"]), float(c.get("score_sq", 0.0)))
+                    stage_rows.append(dict(
+                        manager_id=ms.manager_id, team_id=team, step=step, period=period, calls=st.calls,
+                        occurred=st.occurred, quality_passed=st.quality_passed, reached_next=st.reached_next,
+                        scored=st.scored, score_sum=st.score_sum, score_sq=st.score_sq, share=st.share,
+                        pass_rate=st.pass_rate, conversion=st.conversion, score=st.score, updated_at=now))
+        objection_rows += [dict(manager_id=ms.manager_id, kind=kind, period=period, raised=raised, answered=answered,
+                                updated_at=now)
+                           for period, kinds in ms.objections.items() for kind, (raised, answered) in kinds.items()
+                           if raised]
+    _insert(session, ManagerStageStat, stage_rows)
+    _insert(session, ManagerObjectionStat, objection_rows)
 
 
 def mirrored_stats(session: Session) -> dict[str, stats.ManagerStats]:
@@ -314,3 +432,19 @@ def record_review(session: Session, call_id: str, flag_code: str, verdict: str, 
     session.add(review)
     session.flush()
     return review
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """The database is down, restarting, busy or unreachable: the same work will succeed later, so it is
+    retried, never dead-lettered. Anything else (bad content, a constraint the data breaks) is not cured
+    by waiting."""
+    from sqlalchemy import exc as sa
+
+    from models.db import DatabaseError
+    if isinstance(exc, DatabaseError):  # the first connection of a worker started while the database was down
+        exc = exc.__context__ or exc  # (raised "from None", the driver's error is still its context)
+    if isinstance(exc, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError, sa.TimeoutError)):
+        return True
+    if isinstance(exc, sa.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (ConnectionError, TimeoutError))

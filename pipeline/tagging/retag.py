@@ -11,10 +11,15 @@ from .rules import Rules
 
 def retag(ev: CallTranscribed, rules: Rules, model=None, overrides: Overrides | None = None) -> CallTagged:
     # A stored CallTagged is a CallTranscribed plus tags: drop the old tags, keep the transcript.
-    base = CallTranscribed.model_validate(ev.model_dump(exclude=set(CallTagged.model_fields)
-                                                        - set(CallTranscribed.model_fields)))
+    base = ev
+    if type(ev) is not CallTranscribed or _TAG_FIELDS & set(ev.model_extra or ()):
+        base = CallTranscribed.model_validate(ev.model_dump(exclude=_TAG_FIELDS))
     result = tag_call(base.segments, base.language_detected or base.language, base.duration_s, rules, model,
                       speakers_reliable=not (base.roles and base.roles.uncertain), overrides=overrides)
-    # tagged_at orders taggings of one recording: the store keeps the newest
-    return CallTagged.model_validate({**base.model_dump(), **result.model_dump(),
-                                      "tagged_at": datetime.now(timezone.utc)})
+    # tagged_at orders taggings of one recording: the store keeps the newest. The parts are passed as the
+    # validated models they are (not dumped and parsed again): pydantic keeps such instances as they are,
+    # and re-validating every word timestamp of the transcript was a third of the tag stage's cost.
+    return CallTagged.model_validate({**dict(base), **dict(result), "tagged_at": datetime.now(timezone.utc)})
+
+
+_TAG_FIELDS = set(CallTagged.model_fields) - set(CallTranscribed.model_fields)

@@ -1,0 +1,152 @@
+"""Fault: PostgreSQL goes away in the middle of a run and comes back.
+
+A real broker, a real PostgreSQL server of the test's own (stopped with `pg_ctl stop -m fast`, which
+cuts every open connection, and started again on the same data directory and port) and a real worker.
+The target (design.md): no call lost, none stored twice; a call that could not be stored for want of a
+database is retried, never dead-lettered, and its offset is not committed (a worker stopped during the
+outage leaves it to the next one). Events are CallTranscribed, as in tests/test_resilience.py, so the
+tag, store and statistics agents do real work.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from callqa.publisher import Publisher
+from models.events import CallRecorded, DeadLetter
+from models.tables import Call, SegmentRow
+from tests.helpers import WorkerProcess, read_topic
+from tests.pgserver import LocalPostgres
+from tests.test_resilience import (PacedPublisher, assert_stats_match_stored_calls, transcribed_event,
+                                   wait_stored)
+
+pytestmark = [pytest.mark.slow, pytest.mark.fault]
+
+OUTAGE_S = 30.0
+
+
+@pytest.fixture
+def pg():
+    server = LocalPostgres().init()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+def poison_event(call_id: str) -> bytes:
+    """A call that is a fine CallRecorded but no CallTagged (no transcript): the store refuses its content
+    (dead letter), and the failures agent records it as a failed call, in the database."""
+    return CallRecorded(call_id=call_id, manager_id="res-mgr-0", recording_url="file:///recordings/x.wav",
+                        started_at="2026-09-01T09:00:00Z").model_dump_json().encode()
+
+
+def assert_outcome(w: WorkerProcess, events: dict, poison: str, bootstrap: str) -> None:
+    """Every call stored once with all its segments, the poison call failed at the store, and the one
+    dead letter its own (none for the outage)."""
+    ids = set(events)
+    with w.sessions() as s:
+        rows = {c.call_id: (c.status, c.failed_stage) for c in s.scalars(select(Call))}
+        segs = dict(s.execute(select(SegmentRow.call_id, func.count()).group_by(SegmentRow.call_id)).all())
+    assert {cid for cid, (status, _) in rows.items() if status == "tagged"} == ids
+    assert rows.get(poison) == ("failed", "store"), rows.get(poison)
+    assert set(rows) == ids | {poison}
+    assert {cid: segs.get(cid, 0) for cid in ids} == {cid: len(ev.segments) for cid, ev in events.items()}
+    letters = [DeadLetter.model_validate_json(r.value) for r in read_topic(bootstrap, w.topics["dlq"])]
+    assert [(d.call_id, d.stage) for d in letters] == [(poison, "store")], [(d.call_id, d.error) for d in letters]
+
+
+def wait_failed(w: WorkerProcess, call_id: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with w.sessions() as s:
+            call = s.get(Call, call_id)
+        if call is not None and call.status == "failed":
+            return
+        assert time.monotonic() < deadline, f"{call_id} not recorded as failed; log:\n{w.log.read_text()[-3000:]}"
+        time.sleep(0.5)
+
+
+def test_postgres_down_30s_mid_run_worker_waits_and_loses_nothing(kafka_bootstrap, tmp_path, pg):
+    w = WorkerProcess(kafka_bootstrap, tmp_path, [tmp_path], db_url=pg.url,
+                      extra_env={"CALLQA_DB_RETRY_MAX_S": "2"})
+    events = {ev.call_id: ev for ev in (transcribed_event(n, "pgout") for n in range(150))}
+    ids = list(events)
+    poison = "pgout-poison"
+    w.sessions  # the schema, before the worker starts
+    w.start()
+    try:
+        with Publisher(kafka_bootstrap, w.topics["transcribed"]) as pub:
+            pub.publish_raw(ids[0], events[ids[0]].model_dump_json().encode())
+        wait_stored(w, ids[:1], 1, timeout_s=180)
+
+        # 149 calls over ~15 s; the database stops once some are stored, the rest arrive while it is away
+        feeder = PacedPublisher(kafka_bootstrap, w.topics["transcribed"], list(events.values())[1:], 0.1)
+        feeder.start()
+        stored_at_stop = wait_stored(w, ids, 10, timeout_s=60)
+        pg.stop()
+        stopped = time.monotonic()
+        with Publisher(kafka_bootstrap, w.topics["tagged"]) as pub:  # refused for its content, during the outage
+            pub.publish_raw(poison, poison_event(poison))
+        feeder.join(timeout=60)
+        assert feeder.error is None, feeder.error
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped)))
+        assert w.proc.poll() is None, f"the worker exited during the outage:\n{w.log.read_text()[-3000:]}"
+        log = w.log.read_text(errors="replace")
+        assert "database unavailable for store" in log, "the outage was not seen by the store agent"
+        assert stored_at_stop < len(ids), "the outage came after the run, not in the middle of it"
+        pg.start()
+        print(f"PostgreSQL stopped for {time.monotonic() - stopped:.0f} s with {stored_at_stop} of {len(ids)} stored")
+
+        w.wait_for_calls(ids, timeout_s=240, statuses=("tagged",))
+        wait_failed(w, poison, timeout_s=120)
+        assert_outcome(w, events, poison, kafka_bootstrap)
+        assert_stats_match_stored_calls(w, events)
+        assert w.proc.poll() is None, "the worker exited"
+        assert "database back for store" in w.log.read_text(errors="replace")
+    finally:
+        w.stop()
+
+
+def test_worker_stopped_while_postgres_is_down_leaves_the_unstored_calls_to_the_next(kafka_bootstrap, tmp_path, pg):
+    """The offsets of calls not yet stored are not committed, even by a clean shutdown: the next worker
+    gets them again."""
+    w1 = WorkerProcess(kafka_bootstrap, tmp_path, [tmp_path], db_url=pg.url,
+                       extra_env={"CALLQA_DB_RETRY_MAX_S": "1"})
+    events = {ev.call_id: ev for ev in (transcribed_event(n, "pgstop") for n in range(40))}
+    ids = list(events)
+    poison = "pgstop-poison"
+    w1.sessions
+    w1.start()
+    w2 = None
+    try:
+        with Publisher(kafka_bootstrap, w1.topics["transcribed"]) as pub:
+            pub.publish_raw(ids[0], events[ids[0]].model_dump_json().encode())
+            wait_stored(w1, ids[:1], 1, timeout_s=180)
+            pg.stop()
+            for cid in ids[1:]:
+                pub.publish_raw(cid, events[cid].model_dump_json().encode())
+        with Publisher(kafka_bootstrap, w1.topics["tagged"]) as pub:
+            pub.publish_raw(poison, poison_event(poison))
+        deadline = time.monotonic() + 60
+        while "database unavailable for store" not in w1.log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, f"the store never met the outage:\n{w1.log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        time.sleep(3)
+        w1.stop()  # SIGTERM: a clean shutdown, which commits the offsets of whatever was acknowledged
+        assert w1.proc.returncode is not None
+        pg.start()
+
+        w2 = WorkerProcess(kafka_bootstrap, tmp_path, [tmp_path], app_id=w1.app_id, db_url=pg.url)
+        w2.topics, w2.env = w1.topics, w1.env
+        w2.start()
+        w2.wait_for_calls(ids, timeout_s=240, statuses=("tagged",))
+        wait_failed(w2, poison, timeout_s=120)
+        assert_outcome(w2, events, poison, kafka_bootstrap)
+        assert_stats_match_stored_calls(w2, events)
+    finally:
+        w1.stop(kill=True)
+        if w2 is not None:
+            w2.stop()
