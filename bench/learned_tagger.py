@@ -22,8 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # before bench/, whose pipeline.py would shadow the package
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core, as the issue measures
 
 from pipeline.tagging.dialogues import dialogue_segments, tag_dialogue  # noqa: E402
@@ -34,7 +33,17 @@ from pipeline.tagging.training import CORPUS, load_corpus, score, unknown_speake
 SHARED = Path(os.environ.get("CALLQA_SHARED_DIR") or ROOT.parent / "shared")
 README = ROOT / "bench" / "README.md"
 MARK_START, MARK_END = "<!-- learned:start -->", "<!-- learned:end -->"
-NOTE = ("Reading: on dialogues written like its corpus (the blind split, by a writer it never saw) the model meets the per-turn target in English and comes close in Russian, far above the rules; on the real conversations of `shared/eval` (never trained or tuned on; the rules were written against them, so their 0.96 there is not a fair comparison) it reaches 0.70 / 0.72 and its furthest step is often wrong. The rules' own held-out figures (issue 9: 0.65 / 0.82 macro-F1, 0.82 / 0.67 furthest) suggest the model is better in English turns and worse in Russian and in furthest step on real calls. So the rules stay the default (`CALLQA_TAGGER=rules`) until the model wins on real conversations: the written corpus does not transfer well enough on its own; real labelled calls (corrections from the web app) are the next step.")
+NOTE = ("Reading: trained on the written corpus alone, the model transferred poorly to real conversations "
+        "(0.42-0.59 macro-F1 on the real source families it never saw; bench/real_transfer.py, table below). "
+        "With 174 real human-human dialogues added (corpus/real/, split by source: CamRest676 is their blind "
+        "test; each repeated 3 times, the weight chosen leaving one source family out, never on shared/eval) "
+        "it scores 0.873 / 0.91 on the CamRest676 test against the rules' 0.522 / 0.17, and beats the rules "
+        "on every left-out real family. It gives up a little on written dialogues. On `shared/eval` (never "
+        "trained or tuned on) it moves from 0.70 / 0.72 to 0.75 / 0.77 macro-F1; its features include the "
+        "rules' cues, and the rules were written against shared/eval, so neither tagger's figures there are "
+        "blind (the rules' 0.96 is not a fair comparison). Short of the target (0.85 / 0.90) on real talk, "
+        "and the real Russian data is a machine translation of MultiWOZ: the rules stay the default "
+        "(`CALLQA_TAGGER=rules`) for this stop; the held-out set outside the project is the judge.")
 
 
 def run(dialogues: list[dict], rules, model) -> dict:
@@ -84,7 +93,8 @@ def report() -> str:
     model = StepModel.load(PACKAGED)
     corpus = load_corpus(CORPUS)
     test = [d for d in corpus if d["split"] == "test"]
-    sets = {"corpus test split (w6)": test}
+    sets = {"written test split (w6)": [d for d in test if d.get("writer") != "real"],
+            "real test split (CamRest676, en)": [d for d in test if d.get("writer") == "real"]}
     shared = SHARED / "eval" / "dialogues.jsonl"
     if shared.is_file():
         sets["shared/eval/dialogues.jsonl"] = [json.loads(x) for x in shared.read_text().splitlines() if x.strip()]
@@ -94,8 +104,10 @@ def report() -> str:
         for spk, data in (("known", ds), ("unknown", [unknown_speakers(d) for d in ds])):
             for tname, m in (("learned", model), ("rules", None)):
                 r = run(data, rules, m)
-                rows.append(f"| {name} | {spk} | {tname} | {r['en']['macro_f1']:.3f} | {r['ru']['macro_f1']:.3f} | "
-                            f"{r['en']['furthest']:.2f} | {r['ru']['furthest']:.2f} |")
+                ru = r.get("ru")
+                rows.append(f"| {name} | {spk} | {tname} | {r['en']['macro_f1']:.3f} | "
+                            f"{format(ru['macro_f1'], '.3f') if ru else '–'} | {r['en']['furthest']:.2f} | "
+                            f"{format(ru['furthest'], '.2f') if ru else '–'} |")
                 print(rows[-1], flush=True)
     sp = speed(model, rules)
     comp = Counter((d["split"], d["language"]) for d in corpus)

@@ -27,12 +27,26 @@ _FILLERS = {"en": ["uh", "um", "like", "you know", "so"], "ru": ["ээ", "ну",
 _PUNCT = re.compile(r"[^\w\s'-]+", re.U)
 
 
-def load_corpus(path: Path = CORPUS) -> list[dict]:
-    out = []
+# Real human-human conversations (corpus/real/SOURCES-*.md), split by source family: CamRest676 is their
+# blind test, the rest train. The written corpus alone transferred poorly to real talk (bench/README.md,
+# "Real conversations"), so the real ones weigh more: each is repeated REAL_WEIGHT times, the weight chosen
+# leaving one source family out at a time (1 vs 3; bench/real_transfer.py), never on shared/eval.
+REAL_DIR = CORPUS.parent / "real"
+REAL_WEIGHT = 3
+
+
+def _jsonl(path: Path) -> list[dict]:
     with Path(path).open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                out.append(json.loads(line))
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_corpus(path: Path = CORPUS, real: Optional[bool] = None) -> list[dict]:
+    """The labelled dialogues of ``path``, plus the real conversations of corpus/real/ when ``path`` is
+    the project's own corpus (or ``real`` says so)."""
+    out = _jsonl(path)
+    if real if real is not None else Path(path).resolve() == CORPUS:
+        for f in sorted(REAL_DIR.glob("*.jsonl")):
+            out.extend(_jsonl(f))
     return out
 
 
@@ -126,6 +140,8 @@ def train(corpus: list[dict], rules: Optional[Rules] = None, extra: Iterable[dic
     rng = random.Random(seed)
     cue_names = cue_names_of(rules)
     base = [d for d in corpus if d.get("split") == "train"] + list(extra)
+    dialogues = len(base)
+    base += [d for d in base if d.get("writer") == "real"] * (REAL_WEIGHT - 1)
     dev = [d for d in corpus if d.get("split") == "dev"]
     aug = base + [asr_style(d, rng) for d in base] + [unknown_speakers(d) for d in base if rng.random() < 0.5]
     log(f"training on {len(base)} dialogues ({len(aug)} with ASR-style and speaker-less variants); dev {len(dev)}")
@@ -136,7 +152,7 @@ def train(corpus: list[dict], rules: Optional[Rules] = None, extra: Iterable[dic
     w = (freq.sum() / freq / len(CLASSES)) ** 0.5  # softened class balance: macro-F1 counts rare steps
     W, b, mean, scale = fit_softmax(x, y, w[y].astype(np.float32), seed=seed)
     model = StepModel(W, b, mean, scale, transitions_of(gold(d) for d in base), cue_names,
-                      meta={"class_prior": (freq / freq.sum()).tolist(), "trained_on": len(base)})
+                      meta={"class_prior": (freq / freq.sum()).tolist(), "trained_on": dialogues})
     _exemplars(model, base, rng)
     if dev:
         # decoding settings: the best sum of macro-F1 and furthest-step accuracy on dev, with speakers
