@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from sqlalchemy import select
 
 from callqa.publisher import Publisher
-from models.events import CallRecorded, CallTagged, CallTranscribed
+from models.events import CallRecorded
 from models.tables import Call, SegmentRow
 from tests import faults
 from tests.helpers import WorkerProcess
