@@ -10,15 +10,23 @@ TOOLS  ?= .venv-tools
 # exactly the pinned files, nothing resolved; sdists (openai-whisper) built with the locked setuptools
 PIP_LOCKED = $(PY) -m pip install -q --require-hashes --no-deps --no-build-isolation
 
-.PHONY: demo test install install-test system-deps bench clean lock lock-upgrade check-lock
+.PHONY: demo test test-main test-faults install install-test system-deps bench clean lock lock-upgrade check-lock
 
 demo: install
 	$(VENV)/bin/callqa demo
 
-# The long fault tests (marked `fault`) run in a step of their own, after the rest passed.
-test: check-lock install-test
-	$(PY) -m pytest -q -m "not fault"
-	$(PY) -m pytest -q -m fault
+# Two steps: the suite, then the long fault tests (marker `faults`: worker kill -9, broker restart, two
+# workers with one killed, poison events, bad audio, a 5,000-event burst). Their figures go to
+# var/faults.json; `bench/reliability.py --write` makes docs/reliability.md's table from them.
+test: test-main test-faults
+
+test-main: check-lock install-test
+	$(PY) -m pytest -q -m "not faults"
+
+test-faults: check-lock install-test
+	rm -f $${CALLQA_FAULT_FIGURES:-var/faults.json}  # the figures of this run only
+	CALLQA_FAULT_FIGURES=$${CALLQA_FAULT_FIGURES:-var/faults.json} $(PY) -m pytest -q -m faults
+	$(PY) bench/reliability.py --figures $${CALLQA_FAULT_FIGURES:-var/faults.json}
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -32,14 +32,22 @@ from models.events import CallRecorded, CallTagged, CallTranscribed, DeadLetter,
 log = logging.getLogger("callqa.agents")
 STALL_S = 20.0
 OUTBOX_GRACE_S = 30.0  # rows older than this were left by a worker that died before sending them
+DLQ_MAX_BYTES = 900_000  # under the producer's 1 MB request limit (aiokafka max_request_size)
+DLQ_ORIGINAL_CHARS = 100_000  # what is kept of an original too large for its dead letter
 
 
-def _call_id(raw: bytes) -> Optional[str]:
-    try:
-        cid = json.loads(raw).get("call_id")
-        return str(cid) if cid else None
-    except (ValueError, AttributeError):
+def _call_id(raw: Optional[bytes]) -> Optional[str]:
+    """The call_id of an event that failed, if it names a usable one. Never raises: this runs on poison
+    (a null value, invalid UTF-8, JSON nested past the recursion limit), and an exception here would take
+    the agent down with the event still unacknowledged."""
+    if not raw:
         return None
+    try:
+        cid = json.loads(raw.decode("utf-8", "replace")).get("call_id")
+    except (ValueError, AttributeError, TypeError, RecursionError):
+        return None
+    # not a string, or longer than a call_id can be: no call to mark failed (and too big for a Kafka key)
+    return cid if isinstance(cid, str) and 0 < len(cid) <= 200 else None
 
 
 def _reason(exc: BaseException) -> str:
@@ -196,10 +204,18 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         metrics.failed.labels(stage, type(exc).__name__).inc()
         cid = _call_id(raw)
         CALL_ID.set(cid)
-        letter = DeadLetter(call_id=cid, stage=stage, error=_reason(exc), error_type=type(exc).__name__,
-                            original=raw.decode("utf-8", "replace"))
+        original = (raw or b"").decode("utf-8", "replace")
+        letter = DeadLetter(call_id=cid, stage=stage, error=_reason(exc)[:10_000], error_type=type(exc).__name__,
+                            original=original)
+        value = letter.model_dump_json().encode()
+        if len(value) > DLQ_MAX_BYTES:
+            # Escaped once more inside the letter, an event near Kafka's message limit (quotes, control or
+            # replacement characters) no longer fits in one: the send would fail and crash the agent
+            letter.original = original[:DLQ_ORIGINAL_CHARS]
+            letter.original_bytes = len(raw or b"")
+            value = letter.model_dump_json().encode()
         log.warning("call %s failed at %s: %s", cid or "?", stage, letter.error)
-        await dlq.send(key=(cid or "").encode() or None, value=letter.model_dump_json().encode())
+        await dlq.send(key=(cid or "").encode() or None, value=value)
 
     @agent("transcribe", recorded, concurrency=max(1, s.asr_workers))
     async def transcribe(stream):

@@ -54,10 +54,12 @@ class CallRecorded(_Event):
     call_id: str = Field(min_length=1, max_length=200)
     source: Source = "generic"
     manager_id: str = Field(min_length=1, max_length=200)
-    manager_name: Optional[str] = None
-    team_id: Optional[str] = None
+    # bounded as their columns are (models/tables.py): a longer value is refused here, with its reason,
+    # not by the database at the store, after retries and with no failed call recorded
+    manager_name: Optional[str] = Field(None, max_length=200)
+    team_id: Optional[str] = Field(None, max_length=200)
     direction: Literal["inbound", "outbound"] = "outbound"
-    client_number: Optional[str] = None
+    client_number: Optional[str] = Field(None, max_length=64)
     started_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     duration_s: Optional[float] = None
     recording_url: str
@@ -67,6 +69,16 @@ class CallRecorded(_Event):
     # When this event was published on calls.recorded (set by the worker from the Kafka timestamp):
     # of two versions of one call, the store keeps the later one, however the transcriptions finished.
     published_at: Optional[datetime] = None
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        # a newer producer's event may mean something this worker would get wrong: refused, it waits in
+        # calls.dlq to be replayed once the workers are upgraded
+        if not 1 <= v <= SCHEMA_VERSION:
+            raise ValueError(f"schema_version {v} is not one this worker reads (1 to {SCHEMA_VERSION}): upgrade "
+                             "callqa, then replay the event from calls.dlq")
+        return v
 
     @field_validator("recording_url")
     @classmethod
@@ -112,7 +124,7 @@ class Roles(_Event):
 
 
 class CallTranscribed(CallRecorded):
-    language_detected: Optional[str] = None
+    language_detected: Optional[str] = Field(None, max_length=8)  # calls.language
     segments: list[Segment] = Field(default_factory=list)
     asr: AsrInfo
     roles: Optional[Roles] = None
@@ -159,7 +171,7 @@ class Metrics(_Event):
 
 
 class Flag(_Event):
-    code: str
+    code: str = Field(max_length=64)  # flags.code
     detail: str = ""
     at: Optional[float] = None
 
@@ -190,6 +202,8 @@ class DeadLetter(_Event):
     error: str
     error_type: str = "Error"
     original: str  # the raw event as received (text), so it can be replayed
+    # set when ``original`` is only the start of an event too large to fit in a dead letter: its size
+    original_bytes: Optional[int] = None
     failed_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
 

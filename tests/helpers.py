@@ -28,8 +28,9 @@ os.environ.setdefault("CALLQA_SHARED_DIR", str(SHARED))  # for the bench modules
 
 class WorkerProcess:
     def __init__(self, bootstrap: str, home: Path, recordings: list[Path], app_id: str | None = None,
-                 db_url: str | None = None, extra_env: dict | None = None):
+                 db_url: str | None = None, extra_env: dict | None = None, module: str = "callqa"):
         self.home = home
+        self.module = module  # what `python -m` runs: the real worker, or tests.fault_worker
         self.app_id = app_id or f"callqa-test-{uuid.uuid4().hex[:8]}"
         self.db_url = db_url or f"sqlite:///{home / 'callqa.db'}"
         self.topics = {k: f"{self.app_id}.{k}" for k in ("recorded", "transcribed", "tagged", "dlq", "flagged",
@@ -49,7 +50,7 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         self.home.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "callqa", "worker"], env=self.env, cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, "worker"], env=self.env, cwd=REPO,
                                      stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         return self
 

@@ -22,7 +22,7 @@ from tests.pgserver import LocalPostgres
 from tests.test_resilience import (PacedPublisher, assert_stats_match_stored_calls, transcribed_event,
                                    wait_stored)
 
-pytestmark = [pytest.mark.slow, pytest.mark.fault]
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 OUTAGE_S = 30.0
 

@@ -22,7 +22,7 @@ from pipeline import stats
 from pipeline.store import load_outcomes, mirrored_stats
 from tests.helpers import WorkerProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 DEV = Path(__file__).resolve().parent / "data" / "tagging_dev.jsonl"
 DIALOGUES = [json.loads(line) for line in DEV.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -118,6 +118,14 @@ def assert_stats_match_stored_calls(w: WorkerProcess, events: dict[str, CallTran
         assert mirror[m].objections == expected[m].objections, m
 
 
+def _record(fault: str, w: WorkerProcess, ids: list[str], bootstrap: str, **extra) -> None:
+    """This run's figures for docs/reliability.md (tests/faults.py; the asserts above already passed)."""
+    from tests import faults
+    led = faults.ledger(w.sessions, ids, letters=faults.dead_letters(bootstrap, w.topics["dlq"]))
+    led.stats_equal = faults.stats_match(w.sessions)[0]
+    faults.record(fault, led, **extra)
+
+
 class PacedPublisher(threading.Thread):
     """Publishes events one by one (acks=all), `interval_s` apart, in the background. Short timeouts
     and no retries: when the broker dies it stops, and `published` counts the events the broker
@@ -180,6 +188,8 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(kafka_bootstrap, tmp
         assert_each_stored_once(w2, events)
         assert_stats_match_stored_calls(w2, events)
         assert w2.proc.poll() is None, "the second worker exited"
+        _record("worker killed (kill -9) mid-run", w2, ids, kafka_bootstrap, stored_at_kill=stored_at_kill,
+                published_at_kill=published_at_kill)
     finally:
         w1.stop(kill=True)
         if w2 is not None:
@@ -222,6 +232,8 @@ def test_broker_restart_mid_run_loses_and_duplicates_nothing(tmp_path):
         assert_each_stored_once(w, events)
         assert_stats_match_stored_calls(w, events)
         assert w.proc.poll() is None, "the worker exited"
+        _record("broker killed and restarted mid-run", w, ids, broker.bootstrap, stored_at_stop=stored_at_stop,
+                published_before=published_before)
     finally:
         w.stop()
         broker.stop()

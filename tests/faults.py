@@ -1,0 +1,156 @@
+"""The check every fault test ends with, and the figures it leaves for docs/reliability.md.
+
+After a fault: every good call stored exactly once (one row, its segments and steps once), none lost, each
+bad event in calls.dlq, and the statistics the worker kept (its SQL mirror of the Faust table) equal to a
+recomputation from the stored calls. ``record`` appends the figures to a JSON file
+(CALLQA_FAULT_FIGURES, default var/faults.json) that ``bench/reliability.py`` renders as the table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+from sqlalchemy import func, select
+
+from models.events import DeadLetter
+from models.tables import Call, CallStep, SegmentRow
+from pipeline import stats
+from pipeline.store import load_outcomes, mirrored_stats
+from tests.helpers import REPO, read_topic
+
+FIGURES = Path(os.environ.get("CALLQA_FAULT_FIGURES") or REPO / "var" / "faults.json")
+
+
+@dataclass
+class Ledger:
+    calls_in: int            # distinct good calls published (a call sent twice counts once)
+    stored_once: int         # of them: stored as tagged, with their segments and steps once
+    duplicates: int          # calls stored or counted in the statistics more than once
+    lost: int                # good calls not stored
+    bad_in: int = 0          # poison events published
+    failed_calls: int = 0    # of the bad: recorded as a failed call (status failed, with the reason)
+    dead_letters: dict[str, int] = field(default_factory=dict)  # reason -> count
+    dead_letter_stages: dict[str, int] = field(default_factory=dict)  # stage -> count
+    stats_equal: Optional[bool] = None  # the worker's statistics equal the recomputation
+    missing: list[str] = field(default_factory=list)  # ids of lost calls (a few, for the message)
+
+
+def dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
+    return read_topic(bootstrap, topic, lambda r: DeadLetter.model_validate_json(r.value))
+
+
+_REASONS = [  # (what the error says, the reason in the table), first match wins
+    ("schema_version", "unknown schema version"),
+    ("Invalid JSON", "not JSON / invalid UTF-8"),
+    ("JSON input should be", "empty (null) value"),
+    ("Input should be an object", "not a JSON object"),
+    ("Field required", "missing field"),
+    ("at most", "string too long"),
+]
+
+
+def reason(d: DeadLetter) -> str:
+    """A dead letter's reason, short enough for the table: a schema error by its kind, any other by its type."""
+    if d.error_type == "ValidationError":
+        why = next((r for needle, r in _REASONS if needle in d.error), "wrong type or value")
+    else:
+        why = d.error_type
+    return why
+
+
+def by_reason(letters: Iterable[DeadLetter]) -> dict[str, int]:
+    return dict(sorted(Counter(reason(d) for d in letters).items()))
+
+
+def by_stage(letters: Iterable[DeadLetter]) -> dict[str, int]:
+    return dict(sorted(Counter(d.stage for d in letters).items()))
+
+
+def ledger(sessions, good_ids: Iterable[str], *, bad_in: int = 0, bad_ids: Iterable[str] = (),
+           letters: Iterable[DeadLetter] = ()) -> Ledger:
+    """What the database holds for ``good_ids`` (each expected stored once) and ``bad_ids`` (each expected
+    failed, with a reason). Counted from the rows themselves, so a call stored twice or under a stray row
+    shows up."""
+    letters = list(letters)
+    good = sorted(set(good_ids))
+    bad = sorted(set(bad_ids))
+    with sessions() as s:
+        rows = {c.call_id: c for c in s.scalars(select(Call).where(Call.call_id.in_(good + bad)))}
+        # the key constraints should make these impossible; counted, not assumed
+        seg_dups = s.execute(select(SegmentRow.call_id).group_by(SegmentRow.call_id, SegmentRow.idx)
+                             .having(func.count() > 1)).scalars().all()
+        step_dups = s.execute(select(CallStep.call_id).group_by(CallStep.call_id, CallStep.step)
+                              .having(func.count() > 1)).scalars().all()
+        steps = dict(s.execute(select(CallStep.call_id, func.count()).group_by(CallStep.call_id)).all())
+        expected = stats.aggregate(load_outcomes(s))
+        mirror = mirrored_stats(s)
+    dup_calls = set(seg_dups) | set(step_dups)
+    # a call counted twice in the statistics: the mirror holds more calls for a manager than are stored
+    counted_twice = sum(max(0, int(mirror[m].manager_totals().get("greeting", {}).get("calls", 0))
+                            - int(expected[m].manager_totals().get("greeting", {}).get("calls", 0)))
+                        for m in mirror if m in expected)
+    stored = [cid for cid in good if cid in rows and rows[cid].status == "tagged" and steps.get(cid) == 5
+              and cid not in dup_calls]
+    lost = [cid for cid in good if cid not in rows or rows[cid].status != "tagged"]
+    failed = [cid for cid in bad if cid in rows and rows[cid].status == "failed" and rows[cid].error]
+    return Ledger(calls_in=len(good), stored_once=len(stored), duplicates=len(dup_calls) + counted_twice,
+                  lost=len(lost), bad_in=bad_in, failed_calls=len(failed), dead_letters=by_reason(letters),
+                  dead_letter_stages=by_stage(letters),
+                  missing=lost[:10])
+
+
+def stats_match(sessions) -> tuple[bool, str]:
+    """The SQL mirror of the live statistics equals ``stats.aggregate`` over the stored calls, for every
+    manager; a manager with no stored call left has nothing counted."""
+    with sessions() as s:
+        expected = stats.aggregate(load_outcomes(s))
+        mirror = mirrored_stats(s)
+    for m, want in expected.items():
+        got = mirror.get(m)
+        if got is None:
+            return False, f"no statistics mirrored for {m}"
+        if got.totals != want.totals or got.objections != want.objections:
+            return False, f"{m}: mirrored {got.manager_totals()} != recomputed {want.manager_totals()}"
+    for m in set(mirror) - set(expected):
+        calls = mirror[m].manager_totals().get("greeting", {}).get("calls", 0)
+        if calls:
+            return False, f"{m} has {calls} calls counted and none stored"
+    return True, ""
+
+
+def wait_stats_match(sessions, timeout_s: float = 120) -> None:
+    """The mirror is written after the store, asynchronously: poll until it agrees, then assert."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ok, why = stats_match(sessions)
+        if ok:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"statistics differ from a recomputation after {timeout_s:.0f}s: {why}")
+        time.sleep(0.5)
+
+
+def assert_clean(led: Ledger) -> None:
+    assert led.lost == 0, f"{led.lost} calls lost: {led.missing}"
+    assert led.duplicates == 0, f"{led.duplicates} calls stored or counted twice"
+    assert led.stored_once == led.calls_in, led
+
+
+def record(fault: str, led: Ledger, **extra) -> None:
+    """Keep the figures of one fault test for docs/reliability.md (the file accumulates one run's tests)."""
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        data = json.loads(FIGURES.read_text())
+    except (OSError, ValueError):
+        data = {}
+    entry = asdict(led)
+    entry.pop("missing")
+    data[fault] = {**entry, **extra, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    tmp = FIGURES.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(FIGURES)
