@@ -104,6 +104,8 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         # With a standby copy, taking over a partition after a rebalance stalled table recovery
         # ("No event received for active tp", tests/test_stats_workers.py); the changelog is small.
         table_standby_replicas=0,
+        # A slow stage (Whisper, the step model) lets the consumer read a burst far ahead of it; this bounds it.
+        stream_buffer_maxsize=s.stream_buffer,
     )
     app.conf.callqa = s  # type: ignore[attr-defined]
 

@@ -50,6 +50,10 @@ class Settings:
     store_batch_wait_s: float = setting(
         "CALLQA_STORE_BATCH_WAIT_S", 0.05, "worker: how long a batch waits for more events before it is written "
         "(a latency bound when calls trickle in; under load batches fill first)")
+    stream_buffer: int = setting(
+        "CALLQA_STREAM_BUFFER", 1000, "worker: events each agent holds read ahead of its work (Faust's "
+        "stream_buffer_maxsize, 4096 by default): with 10 KB transcripts, a bound of about 10 MB per agent "
+        "on what a burst can park in memory")
     db_retry_max_s: float = setting(
         "CALLQA_DB_RETRY_MAX_S", 5.0, "worker: longest pause between retries while the database is unreachable "
         "(retried until it is back: a call is never dead-lettered for an outage)")
@@ -125,8 +129,8 @@ class Settings:
     rules_dir: str = setting("CALLQA_RULES_DIR", "", "folder with lexicon/{ru,en}.yaml and flags.yaml "
                              "(empty = the packaged config/); edits are picked up by a running worker")
     tagger: str = setting(
-        "CALLQA_TAGGER", "rules", "rules | learned (the step model, with the rules as its inputs; not yet the default: "
-        "see bench/README.md, it scores lower than the rules on real conversations)")
+        "CALLQA_TAGGER", "learned", "learned (the step model, with the rules as its inputs; it beats the rules on "
+        "real conversations of sources it never saw: bench/README.md) | rules (the rules alone)")
     tagger_model: str = setting(
         "CALLQA_TAGGER_MODEL", "", "step model file; empty = the one `callqa train` installed in CALLQA_HOME/models, "
         "else the packaged one")

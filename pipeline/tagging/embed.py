@@ -20,7 +20,7 @@ class Encoder:
     """Loads the model once per process; batches a call's texts; remembers recent texts (greetings,
     "да", "ok" recur in every call)."""
 
-    def __init__(self, cache_size: int = 20000):
+    def __init__(self, cache_size: int = 4096):  # 2 KB a sentence: about 8 MB, bounded however long a worker runs
         self._use = None
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
