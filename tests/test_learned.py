@@ -119,3 +119,13 @@ def test_callqa_train_installs_a_model_and_refuses_a_worse_one(tmp_path):
     r = run_cli("train", "--corpus", str(one), env=env, timeout=900)
     assert r.returncode == 2 and "scores worse" in r.stderr, r.stdout + r.stderr
     assert installed.read_bytes() == before
+
+
+def test_the_sentence_cache_stays_bounded_and_a_batch_larger_than_it_is_encoded_whole():
+    from pipeline.tagging.embed import Encoder
+    texts = [f"turn number {i} of a long call" for i in range(12)]
+    small, big = Encoder(cache_size=4), Encoder(cache_size=100)
+    a, b = small.encode(texts), big.encode(texts)
+    assert a.shape == (12, 512) and np.allclose(a, b, atol=1e-5)
+    assert len(small._cache) == 4 and len(big._cache) == 12
+    assert np.allclose(small.encode(texts[-2:] + texts[:1]), b[[10, 11, 0]], atol=1e-5)

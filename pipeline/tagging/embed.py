@@ -40,15 +40,17 @@ class Encoder:
         keys = [" ".join((t or "").split()).lower() or "…" for t in texts]
         with self._lock:
             missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
-            if missing:
-                for k, v in zip(missing, np.asarray(self._model().encode(missing), dtype=np.float32).reshape(
-                        len(missing), DIM)):
-                    self._cache[k] = v
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-            out = np.stack([self._cache[k] for k in keys]) if keys else np.zeros((0, DIM), np.float32)
-            for k in set(keys):
+            new = dict(zip(missing, np.asarray(self._model().encode(missing), dtype=np.float32).reshape(
+                len(missing), DIM))) if missing else {}
+            # from the new vectors first: a batch larger than the cache would evict its own texts
+            out = np.stack([new[k] if k in new else self._cache[k] for k in keys]) if keys \
+                else np.zeros((0, DIM), np.float32)
+            for k in dict.fromkeys(keys):
+                if k in new:
+                    self._cache[k] = new[k]
                 self._cache.move_to_end(k)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return out
 
 
