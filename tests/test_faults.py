@@ -387,11 +387,15 @@ def test_a_burst_of_5000_events_with_memory_bounded(kafka_bootstrap, tmp_path, p
           f"({BURST / stored_s:.0f} calls/s); RSS {baseline:.0f} MB before, peak {peak:.0f} MB")
     faults.assert_clean(led)
     assert led.dead_letters == {}
-    # Faust reads ahead a bounded buffer (stream_buffer_maxsize: 4,096 events, ~40 MB of these; 1 MB fetches
-    # per partition), not the burst: the growth has a ceiling, reached while the burst is still arriving, and
-    # consuming the rest of it adds nothing
+    # Each agent reads ahead a bounded buffer (CALLQA_STREAM_BUFFER events; 1 MB fetches per partition), not
+    # the burst. The buffers of the tag, store and stats agents fill one after another as the burst moves down
+    # the pipeline, so late growth up to about three buffers of these events (plus allocator slack) is the
+    # read-ahead, not a leak; more than that is memory that follows the burst.
+    from config.settings import Settings
+    ahead_mb = 3 * Settings().stream_buffer * burst_mb / BURST + 15
     assert growth < RSS_GROWTH_MB, f"RSS grew {growth:.0f} MB over {baseline:.0f} MB with a {burst_mb:.0f} MB burst"
-    assert last_quarter <= first_half + 30, f"RSS still growing: {first_half:.0f} MB, then {last_quarter:.0f} MB"
+    assert last_quarter <= first_half + ahead_mb, \
+        f"RSS still growing: {first_half:.0f} MB, then {last_quarter:.0f} MB (read-ahead explains {ahead_mb:.0f} MB)"
 
 
 RSS_GROWTH_MB = 150
