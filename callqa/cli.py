@@ -827,7 +827,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--manager", help="only this manager's calls")
     rt.add_argument("--since", help="only calls started on or after YYYY-MM-DD")
     rt.add_argument("--dry-run", action="store_true", help="show what would change, publish nothing")
-    rt.add_argument("--tagger", choices=["learned", "rules"], help="default: CALLQA_TAGGER (rules)")
+    rt.add_argument("--tagger", choices=["learned", "rules"], help="default: CALLQA_TAGGER (learned)")
     rt.set_defaults(fn=cmd_retag)
 
     tr = sub.add_parser("train", help="train the step model on the labelled corpus and install it if it scores "
@@ -854,7 +854,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--explain", action="store_true",
                    help="print why each turn got its step (phrases matched, context rules applied, the model's view)")
     t.add_argument("--tagger", choices=["learned", "rules"],
-                   help="rules: the rules alone (default, CALLQA_TAGGER); learned: the step model with the rules as inputs")
+                   help="learned: the step model with the rules as inputs (default, CALLQA_TAGGER); rules: the rules alone")
     t.set_defaults(fn=cmd_tag)
 
     ex = sub.add_parser("explain", help="why each segment of a stored call has its step (current rules)")

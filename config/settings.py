@@ -129,8 +129,8 @@ class Settings:
     rules_dir: str = setting("CALLQA_RULES_DIR", "", "folder with lexicon/{ru,en}.yaml and flags.yaml "
                              "(empty = the packaged config/); edits are picked up by a running worker")
     tagger: str = setting(
-        "CALLQA_TAGGER", "rules", "rules | learned (the step model, with the rules as its inputs; it beats the rules "
-        "on real conversations of sources it never saw, not yet on the demo's sales calls: bench/README.md)")
+        "CALLQA_TAGGER", "learned", "learned (the step model, with the rules as its inputs; it beats the rules on "
+        "real conversations of sources it never saw: bench/README.md) | rules (the rules alone)")
     tagger_model: str = setting(
         "CALLQA_TAGGER_MODEL", "", "step model file; empty = the one `callqa train` installed in CALLQA_HOME/models, "
         "else the packaged one")

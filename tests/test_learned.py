@@ -38,6 +38,28 @@ def test_the_packaged_model_tags_a_call_with_probabilities_and_evidence():
     assert all(u.evidence for u in tg.utterance_tags if u.step)  # a phrase, or "like: <example>"
 
 
+def test_an_unanswered_objection_right_before_a_closing_stays_an_objection():
+    """The demo's Anna: the client says it is too expensive, the manager goes straight to closing. With the
+    transition priors at the weight chosen on written dev alone, the decoder made the objection closing and
+    the weak stage a head should see (objection handling) vanished."""
+    turns = [("manager", "Здравствуйте! Меня зовут Анна Петрова, компания Вектор. Вам удобно сейчас говорить?"),
+             ("client", "Да, здравствуйте, слушаю вас."),
+             ("manager", "Какой у вас объём заказов в месяц?"),
+             ("client", "Около тысячи заказов в месяц."),
+             ("manager", "У нас есть система учёта для склада. Стоимость сто двадцать тысяч рублей в год."),
+             ("client", "Честно говоря, это дорого."),
+             ("manager", "Хорошо. Я вышлю коммерческое предложение на почту. Давайте созвонимся в четверг, "
+                         "в одиннадцать часов."),
+             ("client", "Ладно, давайте.")]
+    segs = dialogue_segments([{"speaker": sp, "text": t} for sp, t in turns])
+    model = StepModel.load(PACKAGED)
+    tg = tag_call(segs, "ru", None, default_rules(), model)
+    assert [u.step for u in tg.utterance_tags][5:7] == ["objection_handling", "closing"]
+    assert [(o.kind, o.answered) for o in tg.objections] == [("price", False)]
+    model.meta.update(prior_weight=0.5, transition_weight=1.5)  # the old setting: the regression this guards
+    assert tag_call(segs, "ru", None, default_rules(), model).utterance_tags[5].step == "closing"
+
+
 def test_a_broken_model_file_is_refused_with_advice(tmp_path):
     bad = tmp_path / "m.npz"
     bad.write_bytes(PACKAGED.read_bytes()[:5000])  # truncated
@@ -67,13 +89,14 @@ def test_a_running_worker_keeps_its_model_when_a_new_file_is_broken_and_takes_a_
 def test_callqa_tag_with_the_learned_tagger_or_the_rules(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps(DIALOGUE) + "\n")
-    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "a.jsonl"), env={"CALLQA_TAGGER": "learned"})
+    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "a.jsonl"))  # the default: learned
     assert r.returncode == 0, r.stderr
     learned = json.loads((tmp_path / "a.jsonl").read_text())
     assert all(p is not None for p in learned["per_turn_prob"])
-    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "b.jsonl"))  # the default: rules
-    assert r.returncode == 0, r.stderr
-    assert all(p is None for p in json.loads((tmp_path / "b.jsonl").read_text())["per_turn_prob"])
+    for args, env in ((["--tagger", "rules"], None), ([], {"CALLQA_TAGGER": "rules"})):
+        r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "b.jsonl"), *args, env=env)
+        assert r.returncode == 0, r.stderr
+        assert all(p is None for p in json.loads((tmp_path / "b.jsonl").read_text())["per_turn_prob"])
     r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "c.jsonl"), "--tagger", "learned",
                 env={"CALLQA_TAGGER_MODEL": str(tmp_path / "nope.npz")})
     assert r.returncode == 2 and "no step model" in r.stderr and "Traceback" not in r.stderr
