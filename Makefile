@@ -2,7 +2,7 @@
 #   make demo   broker + worker + the shipped sample calls + the weak-stage report
 #   make test   everything the tests need, a broker and a PostgreSQL they start themselves, the whole suite
 # Both install from the hash-pinned locks in requirements/ (made for CPython 3.11 on Linux x86_64);
-# after changing a dependency in pyproject.toml (or requirements/nodeps.in) run `make lock`.
+# after changing a dependency in pyproject.toml (or requirements/nodeps.in, gpu.in) run `make lock`.
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -65,7 +65,7 @@ install-test: $(VENV)/.installed-test
 bench: install-test
 	$(PY) bench/tagging_eval.py
 
-# The locks: regenerate after any change to pyproject.toml's dependencies or requirements/nodeps.in.
+# The locks: regenerate after any change to pyproject.toml's dependencies or requirements/nodeps.in, gpu.in.
 # `lock` keeps the versions already locked where they still fit; `lock-upgrade` takes the newest.
 $(TOOLS)/bin/uv: requirements/tools.lock
 	$(PYTHON) -m venv $(TOOLS)

@@ -736,7 +736,7 @@ def cmd_users(args, s: Settings) -> int:
 def cmd_web(args, s: Settings) -> int:
     import uvicorn
 
-    from models.db import session_factory
+    from models.db import _shown, session_factory
     from web.app import create_app
     from pipeline.accounts import AccountError
     session_factory(s.db_url, must_exist=True)  # pages over a mistyped path would only say "no calls"
@@ -744,7 +744,8 @@ def cmd_web(args, s: Settings) -> int:
         app = create_app(s)
     except AccountError as e:
         return _err(str(e))
-    print(f"callqa web on http://{args.host}:{args.port}/ (database: {s.db_url}); log in with a user from "
+    # the password masked: this line is the first of every `docker compose logs web`
+    print(f"callqa web on http://{args.host}:{args.port}/ (database: {_shown(s.db_url)}); log in with a user from "
           "`callqa users add NAME --role admin`")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -634,6 +634,12 @@ class FasterWhisperEngine(BaseEngine):
                                       num_workers=self.workers)
         except ValueError as e:  # e.g. float16 on a CPU without support
             raise AsrError(f"faster-whisper cannot load {self.model_dir} as {opts.compute_type} on {opts.device}: {e}") from None
+        except RuntimeError as e:  # CTranslate2's CUDA errors: no GPU, no driver, a driver too old, no cuBLAS
+            if opts.device != "cuda":
+                raise
+            raise AsrError(f"no usable GPU for faster-whisper ({e}): check the NVIDIA driver and the CUDA 12 "
+                           "libraries (the GPU image has them: README, Production), or run on the CPU "
+                           "(--device cpu, CALLQA_ASR_DEVICE=cpu)") from None
 
     def decode(self, audio, language, opts, progress=None):
         segments, info = self.model.transcribe(

@@ -13,10 +13,12 @@ The locks (all pinned with sha256 hashes, for one platform: TARGET below):
                   versions of test.lock: what `make demo` and the Docker image install.
 * ``nodeps.lock`` the packages of ``nodeps.in``, installed without their declared dependencies
                   (resemblyzer: only its weights file is read, and its requirements would pull torch).
+* ``gpu.lock``    the packages of ``gpu.in``: the CUDA libraries the GPU image adds (Dockerfile,
+                  ``--build-arg WITH_CUDA=1``), at the test set's versions where they overlap.
 
 Every lock's header holds ``inputs-sha256``, a digest of what it was made from (the dependency lists
-of pyproject.toml, its build requirements, requires-python, nodeps.in and TARGET); ``check`` fails when
-that no longer matches, i.e. when pyproject.toml changed and `make lock` was not run.
+of pyproject.toml, its build requirements, requires-python, nodeps.in, gpu.in and TARGET); ``check``
+fails when that no longer matches, i.e. when pyproject.toml changed and `make lock` was not run.
 
 `make lock` keeps the versions already in the locks where they still fit (uv reads the existing
 output file as its preferences) and adds what is new; `make lock-upgrade` re-resolves everything
@@ -44,8 +46,9 @@ except ModuleNotFoundError:  # Python 3.10
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PYPROJECT = ROOT / "pyproject.toml"
-NODEPS_IN = HERE / "nodeps.in"
-BASE, TEST, NODEPS = HERE / "base.lock", HERE / "test.lock", HERE / "nodeps.lock"
+NODEPS_IN, GPU_IN = HERE / "nodeps.in", HERE / "gpu.in"
+BASE, TEST, NODEPS, GPU = HERE / "base.lock", HERE / "test.lock", HERE / "nodeps.lock", HERE / "gpu.lock"
+LOCKS = (BASE, TEST, NODEPS, GPU)
 
 # The one platform the locks are made for: this project's machines and CI (Debian, x86_64, CPython
 # 3.11, glibc >= 2.28) and the Docker image (python:3.11-slim). Each pin lists the hashes of all of
@@ -61,9 +64,9 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _nodeps_lines() -> list[str]:
+def _in_lines(path: Path = NODEPS_IN) -> list[str]:
     lines = []
-    for line in NODEPS_IN.read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             lines.append(line)
@@ -80,7 +83,8 @@ def inputs() -> dict:
         "dependencies": sorted(project.get("dependencies", [])),
         "optional-dependencies": {k: sorted(v) for k, v in sorted(project.get("optional-dependencies", {}).items())},
         "base-extras": BASE_EXTRAS,
-        "nodeps.in": sorted(_nodeps_lines()),
+        "nodeps.in": sorted(_in_lines()),
+        "gpu.in": sorted(_in_lines(GPU_IN)),
         "target": TARGET,
     }
 
@@ -144,7 +148,7 @@ def _unconflict(path: Path) -> None:
 
 
 def compile_locks(uv: str, upgrade: bool) -> None:
-    for path in (BASE, TEST, NODEPS):
+    for path in LOCKS:
         _unconflict(path)
     dig = digest()
     data = tomllib.loads(PYPROJECT.read_text())
@@ -174,24 +178,30 @@ def compile_locks(uv: str, upgrade: bool) -> None:
         _uv(uv, ["requirements/nodeps.in", "--no-deps"], NODEPS, upgrade)
         _finish(NODEPS, "packages installed WITHOUT their declared dependencies (see nodeps.in).", dig, {})
 
+        # 4. the GPU image's CUDA libraries, at the test set's versions where a package is in both
+        _uv(uv, ["requirements/gpu.in", "-c", rel_cons], GPU, upgrade)
+        _finish(GPU, "the CUDA libraries the GPU image adds (see gpu.in; Dockerfile WITH_CUDA=1).", dig,
+                {rel_cons: "requirements/test.lock"})
+
     base, test = pins(BASE), pins(TEST)
     odd = {n: (v, test.get(n)) for n, v in base.items() if test.get(n) != v}
     if odd:
         sys.exit(f"lock: base.lock differs from test.lock on {odd}")
     print(f"lock: {len(base)} packages in base.lock, {len(test)} in test.lock, "
-          f"{len(pins(NODEPS))} in nodeps.lock ({TARGET['python_platform']}, CPython {TARGET['python_version']})")
+          f"{len(pins(NODEPS))} in nodeps.lock, {len(pins(GPU))} in gpu.lock "
+          f"({TARGET['python_platform']}, CPython {TARGET['python_version']})")
 
 
 def check() -> int:
     want = digest()
     bad = []
-    for path in (BASE, TEST, NODEPS):
+    for path in LOCKS:
         if not path.exists():
             bad.append(f"{path.name} is missing")
             continue
         m = DIGEST_RE.search(path.read_text())
         if not m or m.group(1) != want:
-            bad.append(f"{path.name} was made from another pyproject.toml / nodeps.in")
+            bad.append(f"{path.name} was made from another pyproject.toml / nodeps.in / gpu.in")
     for b in bad:
         print(f"check-lock: {b}", file=sys.stderr)
     if bad:
@@ -203,7 +213,7 @@ def check() -> int:
 def pip_check(python: str) -> int:
     """`pip check`, leaving out what the packages of nodeps.in declare but are installed without on purpose
     (resemblyzer's torch, librosa, webrtcvad: only its weights file is read). Anything else fails."""
-    skip = {_norm(re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0]) for line in _nodeps_lines()}
+    skip = {_norm(re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0]) for line in _in_lines()}
     res = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)
     lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
     left = [ln for ln in lines if ln.strip() != "No broken requirements found."
@@ -219,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compile", help="(re)make the locks")
     c.add_argument("--uv", required=True, help="the uv executable")
     c.add_argument("--upgrade", action="store_true", help="newest versions, not those already locked")
-    sub.add_parser("check", help="fail when the locks are older than pyproject.toml / nodeps.in")
+    sub.add_parser("check", help="fail when the locks are older than pyproject.toml / nodeps.in / gpu.in")
     p = sub.add_parser("pip-check", help="pip check, less nodeps.in's known gaps")
     p.add_argument("--python", default=sys.executable)
     a = ap.parse_args(argv)

@@ -389,3 +389,14 @@ def test_second_engine_ready_out_of_the_box(openai_checkpoint, shared_dir):
     assert "ask not what your country can do for you" in res.stdout.lower().replace(",", "")
     prep = run_cli("models", "prepare", "--engine", "openai-whisper")
     assert prep.returncode == 0 and f"openai-whisper base: {openai_checkpoint}" in prep.stdout, prep.stderr
+
+
+def test_transcribe_on_cuda_without_a_gpu_says_what_to_do(shared_dir):
+    """CTranslate2's CUDA failure was a raw traceback; now an error naming the driver, the libraries and --device cpu."""
+    import ctranslate2
+    if ctranslate2.get_cuda_device_count() > 0:
+        pytest.skip("this machine has a GPU")
+    from tests.helpers import run_cli
+    res = run_cli("transcribe", str(shared_dir / "audio/real/jfk_16k.wav"), "--device", "cuda")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "no usable GPU" in res.stderr and "--device cpu" in res.stderr

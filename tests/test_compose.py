@@ -15,6 +15,7 @@ from callqa import healthcheck
 from callqa.cli import build_parser
 from callqa.ingest_settings import IngestSettings
 from config.settings import Settings
+from tests.test_lockfile import lock
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
@@ -22,7 +23,7 @@ COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES = COMPOSE["services"]
 ONE_SHOT = {"migrate", "create-admin"}
 LONG_RUNNING = sorted(set(SERVICES) - ONE_SHOT)
-CALLQA_SERVICES = sorted(n for n, s in SERVICES.items() if s.get("image", "").startswith("${CALLQA_IMAGE"))
+CALLQA_SERVICES = sorted(n for n, s in SERVICES.items() if "build" in s)  # the image the Dockerfile builds
 SUBST = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 SECRET_WORDS = ("PASSWORD", "SECRET", "KEY", "TOKEN", "SALT")
 
@@ -138,7 +139,7 @@ def test_callqa_settings_named_are_ones_callqa_reads():
     known = {e for e, _, _ in Settings.describe()} | {e for e, _, _ in IngestSettings.describe()}
     named = {k for s in SERVICES.values() for k in environment(s) if k.startswith("CALLQA_")}
     assert named and not named - known, f"not callqa settings: {sorted(named - known)}"
-    in_example = {k for k in env_example() if k.startswith("CALLQA_") and k != "CALLQA_IMAGE"}
+    in_example = {k for k in env_example() if k.startswith("CALLQA_") and k not in ("CALLQA_IMAGE", "CALLQA_GPU_IMAGE")}
     assert not in_example - known, f".env.example: not callqa settings: {sorted(in_example - known)}"
     dockerfile_env = set(re.findall(r"\b(CALLQA_[A-Z0-9_]+)=", (ROOT / "Dockerfile").read_text()))
     assert not dockerfile_env - known, f"Dockerfile: not callqa settings: {sorted(dockerfile_env - known)}"
@@ -163,6 +164,26 @@ def test_the_dockerfile():
     assert users and users[-1] not in ("root", "0"), "the image runs as a non-root user"
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".venv-tools", "var", ".git"} <= set(ignored)
+
+
+def test_the_gpu_variant_adds_what_the_gpu_lock_holds():
+    """WITH_CUDA=1 installs requirements/gpu.lock (hash-pinned) into /opt/callqa-gpu, and LD_LIBRARY_PATH names
+    the lib folder of each of its nvidia-* wheels (nvidia-cuda-nvrtc-cu12 -> nvidia/cuda_nvrtc/lib), where
+    CTranslate2's dlopen("libcublas.so.12") finds them; worker-gpu is built that way."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG WITH_CUDA\b", text, re.M)
+    install = re.search(r"pip install --require-hashes --no-deps --only-binary=:all: --target /opt/callqa-gpu"
+                        r" \\\n\s+-r /src/requirements/gpu.lock", text)
+    assert install, "the GPU libraries come from gpu.lock, hash-pinned, into /opt/callqa-gpu"
+    assert "COPY --from=builder /opt/callqa-gpu /opt/callqa-gpu" in text
+    ld = re.search(r"^\s+LD_LIBRARY_PATH=(\S+)", text, re.M).group(1).split(":")
+    gpu = lock.pins(lock.GPU)
+    assert gpu and all(n.startswith("nvidia-") and n.endswith("-cu12") for n in gpu), gpu
+    want = {f"/opt/callqa-gpu/nvidia/{n[len('nvidia-'):-len('-cu12')].replace('-', '_')}/lib" for n in gpu}
+    assert set(ld) == want
+    build = SERVICES["worker-gpu"]["build"]
+    assert build["args"]["WITH_CUDA"] == "1" and SERVICES["worker-gpu"]["image"].startswith("${CALLQA_GPU_IMAGE")
+    assert "args" not in (SERVICES["worker"]["build"] if isinstance(SERVICES["worker"]["build"], dict) else {})
 
 
 def test_the_health_check_command():

@@ -24,3 +24,19 @@ def test_pool_settings_reach_postgresql(postgres_url, monkeypatch):
         assert engine.pool.size() == 3 and engine.pool._max_overflow == 2
     finally:
         engine.dispose()
+
+
+def test_the_web_start_line_hides_the_database_password(monkeypatch, capsys):
+    # found running the image: `callqa web` printed the PostgreSQL password into the container's log
+    import uvicorn
+
+    import models.db
+    import web.app
+    from callqa import cli
+    monkeypatch.setenv("CALLQA_DATABASE_URL", "postgresql+psycopg://callqa:s3cret-pw@db:5432/callqa")
+    monkeypatch.setattr(models.db, "session_factory", lambda *a, **k: None)
+    monkeypatch.setattr(web.app, "create_app", lambda s: object())
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    assert cli.main(["web", "--port", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret-pw" not in out and "callqa:***@db:5432/callqa" in out, out
