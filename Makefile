@@ -16,8 +16,8 @@ demo: install
 	$(VENV)/bin/callqa demo
 
 # Two steps: the suite, then the long fault tests (marker `faults`: worker kill -9, broker restart, two
-# workers with one killed, poison events, bad audio, a 5,000-event burst). Their figures go to
-# var/faults.json; `bench/reliability.py --write` makes docs/reliability.md's table from them.
+# workers with one killed, poison events, bad audio, a 5,000-event burst, PostgreSQL stopped for 30 s).
+# Their figures go to var/faults.json; `bench/reliability.py --write` makes docs/reliability.md's table from them.
 test: test-main test-faults
 
 test-main: check-lock install-test

@@ -172,10 +172,16 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                 return fn(session, *args)
         return await asyncio.get_running_loop().run_in_executor(db_executor, run)
 
+    # The topics of the agents that write to the database (store, stats, crm, join, failures): each of them
+    # acknowledges an event only once its database work is done (noack_take, noack), and a worker stopped
+    # during an outage leaves their unacknowledged events to the next worker (in_db_until_done).
+    db_topics = frozenset({s.topic_tagged, s.topic_stored, s.topic_crm, s.topic_crm_joins, s.topic_dlq})
+
     async def in_db_until_done(what: str, fn, *args):
         """in_db, retried with capped backoff for as long as the database is unreachable (a restart, a
         fail-over, an outage): the caller's events stay unacknowledged meanwhile, so their offsets are not
-        committed. Errors of the data itself are raised at once."""
+        committed. Errors of the data itself are raised at once. A worker asked to stop (SIGTERM) during an
+        outage stops retrying (see below)."""
         from pipeline.store import is_transient_db_error
         delay, since = 0.25, None
         while True:
@@ -184,18 +190,42 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
             except Exception as exc:
                 if not is_transient_db_error(exc):
                     raise
+                if app.should_stop:
+                    await leave_to_next_worker(what)  # never returns
                 now = time.monotonic()
                 since = since or now
                 metrics.failed.labels(what, "database_unavailable").inc()
                 log.warning("database unavailable for %s (%.0f s so far), retrying in %.1f s: %s", what,
                             now - since, delay, str(exc).strip().splitlines()[0] if str(exc).strip() else
                             type(exc).__name__)
-                await asyncio.sleep(delay)
+                await app.sleep(delay)  # cut short when the worker is asked to stop: one last try, then give up
                 delay = min(s.db_retry_max_s, delay * 2)
                 continue
             if since is not None:
                 log.info("database back for %s after %.1f s", what, time.monotonic() - since)
             return out
+
+    async def leave_to_next_worker(what: str) -> None:
+        """Stop retrying for good: the worker is stopping and the database is unreachable.
+
+        Faust's shutdown (App.on_stop -> App._stop_consumer -> Consumer.wait_empty, faust/app/base.py and
+        faust/transport/consumer.py) waits, with no time limit, until every message the agents took is
+        acknowledged (`while not self.should_stop and self._unacked_messages`; the consumer itself is
+        stopped only after that), so a store retrying until the database is back kept the worker from ever
+        stopping. The messages of the database's agents (the batch being retried and whatever their
+        noack_take buffers hold) are taken off the consumer's unacked set WITHOUT acknowledging them: the
+        shutdown no longer waits for them, and the commits that follow (Consumer.commit) commit only
+        acknowledged offsets, so these stay uncommitted and the next worker (or this one restarted) stores
+        them, once. Nothing is raised: a CancelledError out of the agent is taken by Faust for a rebalance
+        (Agent._execute_actor logs a crash and restarts the actor); this coroutine waits instead until Faust
+        cancels the agent as it stops, so none of the caller's code (its acks) runs."""
+        consumer = app.consumer
+        left = [m for m in list(consumer.unacked) if m.topic in db_topics and not m.acked]
+        for message in left:
+            consumer.unacked.discard(message)
+        log.warning("the worker is stopping and the database is unavailable: %s stops retrying; %d events "
+                    "left unacknowledged (offsets not committed) for the next worker", what, len(left))
+        await asyncio.Event().wait()
 
     metrics = WorkerMetrics()
     metrics.models.info({"asr_engine": s.asr_engine, "asr_model": s.asr_model, "asr_compute_type": s.asr_compute_type,
@@ -385,37 +415,49 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
     async def crm(stream):
         from models.crm import parse_crm_event
         from pipeline.crm import record_crm_event
-        async for raw in stream:
+        # acknowledged by hand once done, as in the agents below: a worker stopped during an outage must not
+        # acknowledge (and commit) the event it was retrying, which an automatic ack would (leave_to_next_worker)
+        events = stream.noack()
+        async for event in events.events():
+            raw = event.value
             try:
                 ev = parse_crm_event(raw)
                 phones = await in_db_until_done("crm", record_crm_event, ev, s.phone_region)
             except Exception as exc:
                 await dead("crm", raw, exc)
-                continue
-            await ask_join(phones)
+            else:
+                await ask_join(phones)
+            await events.ack(event)
 
     @agent("crm", crm_joins)
     async def join(stream):
         from pipeline.crm import join_phone
         window, before = timedelta(days=s.crm_match_window_days), timedelta(minutes=s.crm_match_before_min)
         # keyed by phone: one worker joins a phone's calls and leads, after both were committed
-        async for raw in stream:
+        events = stream.noack()  # acknowledged by hand once done (see crm)
+        async for event in events.events():
+            raw = event.value
             try:
                 phone = json.loads(raw)["phone"]
                 links = await in_db_until_done("crm", join_phone, phone, window, before)
             except Exception:
                 log.exception("could not join the calls and leads of %r", raw[:100])
-                continue
-            log.info("joined %s: %d calls, %d with a lead", phone, len(links), sum(v is not None for v in links.values()))
+            else:
+                log.info("joined %s: %d calls, %d with a lead", phone, len(links),
+                         sum(v is not None for v in links.values()))
+            await events.ack(event)
 
     @agent("failures", dlq)
     async def record_failure(stream):
         from pipeline.store import mark_failed
-        async for raw in stream:
+        events = stream.noack()  # acknowledged by hand once done (see crm)
+        async for event in events.events():
             try:
-                await in_db_until_done("failures", mark_failed, DeadLetter.model_validate_json(raw), s.phone_region)
+                await in_db_until_done("failures", mark_failed, DeadLetter.model_validate_json(event.value),
+                                       s.phone_region)
             except Exception:
                 log.exception("could not record a dead letter in the database (it stays in %s)", s.topic_dlq)
+            await events.ack(event)
 
     stalled: dict = {}
     outbox_checked = [0.0]

@@ -56,7 +56,8 @@ class Settings:
         "on what a burst can park in memory")
     db_retry_max_s: float = setting(
         "CALLQA_DB_RETRY_MAX_S", 5.0, "worker: longest pause between retries while the database is unreachable "
-        "(retried until it is back: a call is never dead-lettered for an outage)")
+        "(retried until it is back, or until the worker is asked to stop: then left, unacknowledged, to the next "
+        "worker; a call is never dead-lettered for an outage)")
     app_id: str = setting("CALLQA_APP_ID", "callqa", "Faust app id (consumer group)")
     log_format: str = setting("CALLQA_LOG_FORMAT", "text", "worker logs: text, or json (one object a line, with "
                               "the call_id of the event being handled)")
