@@ -335,6 +335,10 @@ def test_a_burst_of_5000_events_with_memory_bounded(kafka_bootstrap, tmp_path, p
     # with word timestamps, as the ASR stage sends them: about 10 KB an event, 50 MB for the burst
     raws = {f"burst-{n}": with_words(transcribed_event(n, "burst", managers)).model_dump_json().encode()
             for n in range(BURST + 20)}
+    # a second, smaller burst once the first is stored: memory that follows the calls grows again, the
+    # agents' read-ahead buffers are reused
+    again = {f"again-{n}": with_words(transcribed_event(n, "again", managers)).model_dump_json().encode()
+             for n in range(AGAIN)}
     ids = list(raws)
     warm, burst = ids[:20], ids[20:]
     w = WorkerProcess(kafka_bootstrap, tmp_path, [tmp_path], db_url=pg_url).start()
@@ -366,39 +370,51 @@ def test_a_burst_of_5000_events_with_memory_bounded(kafka_bootstrap, tmp_path, p
         wait_until("the burst stored", lambda: all_stored(w, ids), 900, w, every_s=3)
         stored_s = time.monotonic() - t0
         faults.wait_stats_match(w.sessions, timeout_s=300)
+        first_end = time.monotonic() - t0
+        with KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=20) as producer:
+            for cid, raw in again.items():
+                producer.send(w.topics["transcribed"], key=cid.encode(), value=raw)
+            producer.flush()
+        wait_until("the second burst stored", lambda: all_stored(w, list(again)), 600, w, every_s=3)
+        ids += list(again)
+        faults.wait_stats_match(w.sessions, timeout_s=300)
         stop.set()
         sampler.join(5)
         assert w.proc.poll() is None, "the worker exited"
     finally:
         stop.set()
         w.stop()
-    peak = max(r for _, r in samples)
+    first = [r for t, r in samples if t <= first_end]
+    peak = max(first)
     growth = peak - baseline
-    end = samples[-1][0]
+    end = first_end
     first_half = max(r for t, r in samples if t <= end / 2)
-    last_quarter = max(r for t, r in samples if t >= end * 3 / 4)
+    last_quarter = max(r for t, r in samples if end * 3 / 4 <= t <= end)
+    second_peak = max((r for t, r in samples if t > first_end), default=peak)
     led = faults.ledger(w.sessions, ids, letters=faults.dead_letters(kafka_bootstrap, w.topics["dlq"]))
     led.stats_equal = faults.stats_match(w.sessions)[0]
     faults.record(f"burst of {BURST:,} events (PostgreSQL)", led, burst_mb=round(burst_mb, 1),
                   rss_baseline_mb=round(baseline), rss_peak_mb=round(peak), published_s=round(published_s, 1),
                   stored_s=round(stored_s, 1), calls_per_s=round(BURST / stored_s, 1),
-                  rss_peak_first_half_mb=round(first_half), rss_peak_last_quarter_mb=round(last_quarter))
+                  rss_peak_first_half_mb=round(first_half), rss_peak_last_quarter_mb=round(last_quarter),
+                  second_burst=AGAIN, rss_peak_second_burst_mb=round(second_peak))
     print(f"burst: {burst_mb:.0f} MB published in {published_s:.1f}s, stored in {stored_s:.0f}s "
           f"({BURST / stored_s:.0f} calls/s); RSS {baseline:.0f} MB before, peak {peak:.0f} MB")
     faults.assert_clean(led)
     assert led.dead_letters == {}
-    # Each agent reads ahead a bounded buffer (CALLQA_STREAM_BUFFER events; 1 MB fetches per partition), not
-    # the burst. The buffers of the tag, store and stats agents fill one after another as the burst moves down
-    # the pipeline, so late growth up to about three buffers of these events (plus allocator slack) is the
-    # read-ahead, not a leak; more than that is memory that follows the burst.
-    from config.settings import Settings
-    ahead_mb = 3 * Settings().stream_buffer * burst_mb / BURST + 15
+    # Bounded: the worker grows by its agents' read-ahead (CALLQA_STREAM_BUFFER events each; 1 MB fetches per
+    # partition) and its bounded caches, not by the burst. When that growth comes depends on the pace (with
+    # the step model the tag agent is the slow one and the buffers behind it fill late in the burst), so
+    # the check for memory that follows the calls is a second burst once the first is stored: leaked memory
+    # grows again by the calls' share, read-ahead buffers are reused.
     assert growth < RSS_GROWTH_MB, f"RSS grew {growth:.0f} MB over {baseline:.0f} MB with a {burst_mb:.0f} MB burst"
-    assert last_quarter <= first_half + ahead_mb, \
-        f"RSS still growing: {first_half:.0f} MB, then {last_quarter:.0f} MB (read-ahead explains {ahead_mb:.0f} MB)"
+    assert second_peak <= peak + AGAIN_SLACK_MB, \
+        f"RSS grew again with {AGAIN} more calls: {peak:.0f} MB after the burst, {second_peak:.0f} MB after them"
 
 
 RSS_GROWTH_MB = 150
+AGAIN = 2000
+AGAIN_SLACK_MB = 20  # the statistics table holds a small entry per call, and allocator slack
 
 
 # ---- bad audio -------------------------------------------------------------------------------------------
