@@ -397,7 +397,9 @@ def cmd_train(args, s: Settings) -> int:
     if extra:
         print(f"plus {len(extra)} call(s) corrected by people (stored corrections), in the train split")
     model = train(corpus, rules, extra=extra, log=lambda m: print(m, flush=True))
-    model.meta.update(version=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"), corpus=str(path),
+    # the project's own corpus by its place in the project: the model file should not carry a machine's paths
+    model.meta.update(version=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+                      corpus="corpus/dialogues.jsonl" if path.resolve() == CORPUS else str(path),
                       corpus_dialogues=len(corpus))
     if test:
         print(f"blind test split ({len(test)} dialogues):")
