@@ -136,12 +136,17 @@ def tag_call_detailed(segments: list[Segment], language: str, duration_s: float 
 
     # ---- objections
     objections: list[Objection] = []
+    answers: set[int] = set()  # the manager turns that answered an objection so far
 
     def objects(k: int) -> bool:
         if k in ov.steps:
             return bool(tags[k].objection_kind)
         if model is None:
             return bool(tags[k].objection_kind)
+        if k - 1 in answers and not tags[k].objection_kind:
+            # the client's reply to the answer ("good to know", "да, это интересно") belongs to the same
+            # exchange, so the model tags it objection handling (the guideline's rule 4); it raises nothing
+            return False
         # the model's objection turns said by the client (or, speakers unknown, with an objection cue)
         return "objection_handling" in tags[k].steps and (
             speakers[k] == "client" or (speakers[k] != "manager" and bool(tags[k].objection_kind)))
@@ -157,6 +162,7 @@ def tag_call_detailed(segments: list[Segment], language: str, duration_s: float 
                 soft = tg.step == "closing"   # "send it over, we'll think" / "call me in two weeks"
                 if "objection_handling" in tags[j].steps or (soft and "closing" in tags[j].steps):
                     answer_idx = j
+                    answers.add(j)
                 break
         objections.append(Objection(
             text=segs[i].text.strip(), kind=ov.objection_kinds.get(i, tg.objection_kind or "other"),
