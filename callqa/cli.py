@@ -405,12 +405,23 @@ def cmd_train(args, s: Settings) -> int:
         print(f"blind test split ({len(test)} dialogues):")
         new = evaluate(model, test, rules)
         print(line("new", new))
-        if current is not None:
-            old = evaluate(current, test, rules)
+        old = evaluate(current, test, rules) if current is not None else None
+        if old is not None:
             print(line("current", old))
-            if overall(new) < overall(old) and not args.force and not args.output:
-                return _err("the new model scores worse than the current one on the test split; not installed "
-                            "(--force installs it anyway)")
+        # written and real talk apart: a retrain can gain on the one and lose on the other
+        sets = {"written": [d for d in test if d.get("writer") != "real"]}
+        for fam in sorted({str(d.get("family")) for d in test if d.get("writer") == "real"}):
+            sets[f"real, {fam}"] = [d for d in test if d.get("writer") == "real" and str(d.get("family")) == fam]
+        sets = {name: ds for name, ds in sets.items() if ds}
+        if len(sets) > 1:
+            for name, ds in sets.items():
+                print(f"  {name} ({len(ds)} dialogues):")
+                print("  " + line("new", evaluate(model, ds, rules)))
+                if current is not None:
+                    print("  " + line("current", evaluate(current, ds, rules)))
+        if old is not None and overall(new) < overall(old) and not args.force and not args.output:
+            return _err("the new model scores worse than the current one on the test split; not installed "
+                        "(--force installs it anyway)")
     target = Path(args.output) if args.output else installed_path(s.home_dir)
     model.save(target)
     print(f"installed {target}" if not args.output else f"wrote {target}")

@@ -201,6 +201,10 @@ def test_callqa_train_on_the_projects_corpus_gives_the_shipped_model(tmp_path):
     home = tmp_path / "home"
     r = run_cli("train", "--no-corrections", env={"CALLQA_HOME": str(home)}, timeout=1500)
     assert r.returncode == 0, r.stdout + r.stderr
+    # the blind test split's written and real sets, each with the new and the current model's figures
+    for name in ("written (100 dialogues)", "real, camrest (35 dialogues)", "real, redial (47 dialogues)"):
+        assert f"  {name}:\n    new " in r.stdout and r.stdout.split(f"  {name}:\n", 1)[1].split("\n")[1].startswith(
+            "    current "), r.stdout
     new, shipped = StepModel.load(home / "models" / "step_model.npz"), StepModel.load(PACKAGED)
     assert np.abs(new.weights - shipped.weights).max() < 1e-3
     assert np.abs(new.bias - shipped.bias).max() < 1e-3
