@@ -31,6 +31,7 @@ from models.events import CallRecorded, CallTagged, CallTranscribed, DeadLetter,
 
 log = logging.getLogger("callqa.agents")
 STALL_S = 20.0
+SLOW_S = 60.0  # events in flight with no commit for this long are logged (note_slow)
 OUTBOX_GRACE_S = 30.0  # rows older than this were left by a worker that died before sending them
 DLQ_MAX_BYTES = 900_000  # under the producer's 1 MB request limit (aiokafka max_request_size)
 DLQ_ORIGINAL_CHARS = 100_000  # what is kept of an original too large for its dead letter
@@ -460,7 +461,40 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
             await events.ack(event)
 
     stalled: dict = {}
+    slow: dict = {}
     outbox_checked = [0.0]
+
+    def note_slow(tp, committed, now, consumer) -> None:
+        """A partition with events in flight whose commit has not moved for SLOW_S: said once per episode,
+        with what a stall would be made of (a database outage says so itself, so this is for the rest)."""
+        since, seen, said = slow.get(tp, (now, committed, False))
+        if seen != committed:
+            since, said = now, False
+        if not said and now - since >= SLOW_S:
+            said = True
+            log.warning("%s[%d]: committed offset %s unchanged for %.0f s with events in flight; %s",
+                        tp.topic, tp.partition, committed, now - since, partition_state(tp, consumer))
+        slow[tp] = (since, committed, said)
+
+    def partition_state(tp, consumer) -> str:
+        """What decides whether a partition's records reach the agents, for the logs of a stall."""
+        try:
+            return _partition_state(tp, consumer)
+        except Exception as exc:  # Faust's internals moved: the warning is still worth having
+            return f"state unavailable ({exc!r})"
+
+    def _partition_state(tp, consumer) -> str:
+        mine = sorted(m.offset for m in list(consumer._unacked_messages) if m.tp == tp)
+        queues = {getattr(ch, "label", repr(ch))[-40:]: ch.queue.qsize() for ch in app.topics._tp_index.get(tp, ())}
+        try:
+            paused_below = tp in consumer._thread._ensure_consumer().paused()
+        except Exception:
+            paused_below = "?"
+        return (f"in flight {len(mine)} (offsets {mine[0] if mine else '-'}..{mine[-1] if mine else '-'}), "
+                f"read up to {consumer._read_offset.get(tp)}, fetching={tp in consumer._get_active_partitions()}, "
+                f"held back for a full buffer={tp in consumer._buffered_partitions}, "
+                f"paused={tp in consumer._paused_partitions}, paused in the client={paused_below}, "
+                f"flow active={consumer.flow_active}, agent queues {queues}")
 
     @app.timer(interval=5.0)
     async def unstick_partitions():
@@ -476,11 +510,12 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                 log.exception("could not send the outbox yet; retrying")
         # faust-streaming#629: after quick successive rebalances a partition can stay assigned but
         # never be fetched again, so its calls would wait forever. A partition with records past its
-        # committed offset, nothing of it in flight, and no commit for STALL_S is re-seeked to its
+        # committed offset, nothing of it in flight, and no commit for STALL_S is fetched again from its
         # committed offset (at-least-once; every stage is idempotent, so a re-read is harmless).
         consumer = app.consumer
         if app.rebalancing or app.in_recovery or consumer is None:
             stalled.clear()
+            slow.clear()
             return
         tps = [tp for tp in consumer.assignment() if not consumer._is_changelog_tp(tp)]
         if not tps:
@@ -491,16 +526,27 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         for tp in tps:
             committed = consumer._committed_offset.get(tp)
             metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, (ends.get(tp) or 0) - (committed or 0)))
-            if (ends.get(tp) or 0) <= (committed or 0) or tp in busy:
+            if (ends.get(tp) or 0) <= (committed or 0):
                 stalled.pop(tp, None)
+                slow.pop(tp, None)
+                continue
+            if tp in busy:
+                stalled.pop(tp, None)
+                note_slow(tp, committed, now, consumer)
                 continue
             since, seen = stalled.get(tp, (now, committed))
             if seen != committed:
                 since = now
             stalled[tp] = (since, committed)
             if now - since >= STALL_S:
-                log.warning("%s[%d] has records after offset %s but is not being fetched; seeking back to it",
-                            tp.topic, tp.partition, committed)
+                log.warning("%s[%d] has records after offset %s but is not being fetched; fetching it again from "
+                            "there (%s)", tp.topic, tp.partition, committed, partition_state(tp, consumer))
+                # Faust fetches only the partitions in its active set (Consumer._get_active_partitions): one left
+                # out of it (paused, or held back for a full buffer whose pressure drop never came) is never
+                # fetched, whatever its position, so a seek alone does not bring it back. Nothing of it is in
+                # flight, so its buffers are not full.
+                consumer._buffered_partitions.discard(tp)
+                consumer.resume_partitions([tp])
                 await consumer.seek(tp, committed or 0)
                 stalled.pop(tp, None)
 

@@ -22,7 +22,8 @@ DOC = REPO / "docs" / "reliability.md"
 START, END = "<!-- faults:start -->", "<!-- faults:end -->"
 # the order of the table: the faults of issue 13, then whatever else was recorded
 ORDER = ["worker killed (kill -9) mid-run", "broker killed and restarted mid-run",
-         "two workers, one killed for good (kill -9)", "fuzzed events (hypothesis, 3 topics)", "bad audio",
+         "two workers, one killed for good (kill -9)", "a partition assigned but no longer fetched",
+         "fuzzed events (hypothesis, 3 topics)", "bad audio",
          "burst of 5,000 events (PostgreSQL)", "PostgreSQL stopped for 30 s mid-run",
          "worker stopped (SIGTERM) while PostgreSQL is down, a second one takes over"]
 

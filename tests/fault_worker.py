@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
 import zlib
 
@@ -32,12 +33,33 @@ class CannedTranscriber:
         return CallTranscribed.model_validate(data)
 
 
+def lose_a_partition(app, topic: str) -> None:
+    """CALLQA_TEST_UNFETCH=<topic>: once the worker runs, partition 0 of <topic> drops out of Faust's fetched
+    partitions while staying assigned (as after faust-streaming#629), so its events wait until the worker's
+    stall detector (agents/app.py, unstick_partitions) notices and fetches it again."""
+    done = []
+
+    @app.timer(interval=1.0)
+    async def drop_partition():
+        consumer = app.consumer
+        if done or app.rebalancing or app.in_recovery or consumer is None:
+            return
+        tp = next((tp for tp in consumer.assignment() if tp.topic == topic and tp.partition == 0), None)
+        if tp is not None and app.tables.recovery.completed.is_set():
+            consumer._get_active_partitions().discard(tp)
+            done.append(tp)
+            print(f"test: {topic}[0] is no longer fetched", flush=True)
+
+
 if __name__ == "__main__":
     real = agents.app.create_app
 
     @functools.wraps(real)
     def create_app(settings=None, **kw):
-        return real(settings, transcriber=CannedTranscriber(settings), **kw)
+        app = real(settings, transcriber=CannedTranscriber(settings), **kw)
+        if os.environ.get("CALLQA_TEST_UNFETCH"):
+            lose_a_partition(app, os.environ["CALLQA_TEST_UNFETCH"])
+        return app
 
     agents.app.create_app = create_app  # cmd_worker imports it at call time
     raise SystemExit(main(sys.argv[1:]))

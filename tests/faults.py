@@ -123,14 +123,17 @@ def stats_match(sessions) -> tuple[bool, str]:
     return True, ""
 
 
-def wait_stats_match(sessions, timeout_s: float = 120) -> None:
-    """The mirror is written after the store, asynchronously: poll until it agrees, then assert."""
+def wait_stats_match(sessions, timeout_s: float = 120, workers=()) -> None:
+    """The mirror is written after the store, asynchronously: poll until it agrees, then assert. ``workers``
+    still running dump their tasks to their logs if it never does."""
     deadline = time.monotonic() + timeout_s
     while True:
         ok, why = stats_match(sessions)
         if ok:
             return
         if time.monotonic() > deadline:
+            for w in workers:
+                w.dump_tasks()
             raise AssertionError(f"statistics differ from a recomputation after {timeout_s:.0f}s: {why}")
         time.sleep(0.5)
 

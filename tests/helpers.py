@@ -63,6 +63,15 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.wait()
 
+    def dump_tasks(self) -> None:
+        """Have a live worker write every asyncio task's stack to its log (mode's worker does on SIGUSR1):
+        where a stalled worker waits, for the failure message."""
+        if self.proc is not None and self.proc.poll() is None:
+            import signal
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(3)
+        print(f"worker log: {self.log}")
+
     @property
     def sessions(self):
         if self._sessions is None:

@@ -50,7 +50,10 @@ def wait_until(what: str, predicate, timeout_s: float, worker: WorkerProcess | N
         if worker is not None and worker.proc is not None and worker.proc.poll() is not None:
             raise AssertionError(f"worker exited while waiting for {what}: {worker.log.read_text()[-3000:]}")
         if time.monotonic() > deadline:
-            tail = worker.log.read_text()[-3000:] if worker is not None else ""
+            tail = ""
+            if worker is not None:
+                worker.dump_tasks()
+                tail = worker.log.read_text()[-3000:]
             raise AssertionError(f"{what() if callable(what) else what}: not within {timeout_s:.0f}s\n{tail}")
         time.sleep(every_s)
 
@@ -66,6 +69,11 @@ def all_stored(w: WorkerProcess, ids) -> bool:
     failed = [(r.call_id, r.error) for r in rows if r.status == "failed"]
     assert not failed, f"{len(failed)} good calls failed: {failed[:3]}"
     return len(rows) == len(ids) and all(r.status == "tagged" for r in rows)
+
+
+def unstored(w: WorkerProcess, ids) -> int:
+    statuses = call_statuses(w, ids)
+    return sum(statuses.get(i) != "tagged" for i in ids)
 
 
 def call_statuses(w: WorkerProcess, ids) -> dict[str, str]:
@@ -298,8 +306,9 @@ def test_two_workers_one_killed_for_good_the_other_takes_every_partition(kafka_b
         assert len(parts) == 4, parts
         all_ids = ids + [ev.call_id for ev in late]
         # a's partitions move to b once a's session times out (Faust's broker_session_timeout, 60 s)
-        wait_until("every call stored by the survivor", lambda: all_stored(b, all_ids), 300, b, every_s=2)
-        faults.wait_stats_match(b.sessions)
+        wait_until(lambda: f"every call stored by the survivor ({unstored(b, all_ids)} of {len(all_ids)} not)",
+                   lambda: all_stored(b, all_ids), 300, b, every_s=2)
+        faults.wait_stats_match(b.sessions, workers=[b])
         assert b.proc.poll() is None, "the surviving worker exited"
     finally:
         a.stop(kill=True)
@@ -309,6 +318,41 @@ def test_two_workers_one_killed_for_good_the_other_takes_every_partition(kafka_b
     faults.record("two workers, one killed for good (kill -9)", led, published_at_kill=published_at_kill)
     faults.assert_clean(led)
     assert led.dead_letters == {}
+
+
+# ---- a partition that stays assigned but is no longer fetched (faust-streaming#629) ----------------------
+
+def test_a_partition_no_longer_fetched_is_fetched_again_and_nothing_is_lost(kafka_bootstrap, tmp_path, pg_url):
+    """Partition 0 of calls.tagged drops out of Faust's fetched partitions while staying assigned (the state
+    the two-workers test met once after a take-over, then stored nothing more): the worker's stall detector
+    must notice, say what it found, make it fetched again, and every call must be stored once."""
+    w = WorkerProcess(kafka_bootstrap, tmp_path / "w", [tmp_path], db_url=pg_url, module="tests.fault_worker")
+    w.env["CALLQA_TEST_UNFETCH"] = w.topics["tagged"]
+    w.start()
+    try:
+        wait_until("partition 0 of calls.tagged dropped from fetching",
+                   lambda: "[0] is no longer fetched" in w.log.read_text(), 180, w)
+        events = [tagged_event(n, f"mgr-{n % 5}") for n in range(60)]
+        parts = set()
+        from kafka import KafkaProducer
+        with KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all") as producer:
+            for ev in events:
+                parts.add(producer.send(w.topics["tagged"], key=ev.call_id.encode(),
+                                        value=ev.model_dump_json().encode()).get(timeout=30).partition)
+        assert 0 in parts, parts
+        ids = [ev.call_id for ev in events]
+        wait_until(lambda: f"every call stored ({unstored(w, ids)} of {len(ids)} not)",
+                   lambda: all_stored(w, ids), 180, w, every_s=1)
+        faults.wait_stats_match(w.sessions, workers=[w])
+        log = w.log.read_text()
+        assert f"{w.topics['tagged']}[0] has records after offset" in log, log[-3000:]
+        assert "fetching=False" in log, log[-3000:]  # what it found, said
+    finally:
+        w.stop()
+    led = faults.ledger(w.sessions, ids, letters=faults.dead_letters(kafka_bootstrap, w.topics["dlq"]))
+    led.stats_equal = faults.stats_match(w.sessions)[0]
+    faults.record("a partition assigned but no longer fetched", led)
+    faults.assert_clean(led)
 
 
 # ---- a burst of 5,000 events, memory bounded -------------------------------------------------------------
