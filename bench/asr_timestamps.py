@@ -56,16 +56,11 @@ class TimestampedEngine(FasterWhisperEngine):
     """The batched mode, decoding with timestamp tokens (see the module's text)."""
 
     def _decode_batch(self, batch: list[Chunk], enc, tok, opts) -> list[tuple[list[RawSegment], bool]]:
-        from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+        from faster_whisper.transcribe import get_compression_ratio
 
         model = self.model
-        prompt = model.get_prompt(tok, tok.encode(" " + opts.initial_prompt.strip()) if opts.initial_prompt else [],
-                                  without_timestamps=False, hotwords=opts.hotwords)
-        res = model.model.generate(
-            enc, [list(prompt) for _ in batch], beam_size=opts.beam_size, patience=1.0, length_penalty=1.0,
-            max_length=model.max_length, suppress_blank=True, suppress_tokens=get_suppressed_tokens(tok, [-1]),
-            return_scores=True, return_no_speech_prob=True, sampling_temperature=0.0,
-            max_initial_timestamp_index=int(round(1.0 / model.time_precision)))
+        res = self._generate(batch, enc, tok, opts, with_timestamps=True,
+                             max_initial_timestamp_index=int(round(1.0 / model.time_precision)))
         segs, sizes, heads = [], [], []
         for j, (c, r) in enumerate(zip(batch, res)):  # each chunk on its own 30 s slot of a virtual timeline
             tokens = r.sequences_ids[0]

@@ -768,18 +768,25 @@ class FasterWhisperEngine(BaseEngine):
         fe = self.model.feature_extractor
         return self.model.encode(np.stack([pad_or_trim(fe(c.audio)[..., :-1]) for c in batch]))
 
-    def _decode_batch(self, batch: list[Chunk], enc, tok, opts: AsrOptions) -> list[tuple[list[RawSegment], bool]]:
-        """One batch: beam search without timestamp tokens, word timestamps by alignment; per chunk its
-        segments (chunk time) and whether it had to be decoded again."""
-        from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+    def _generate(self, batch: list[Chunk], enc, tok, opts: AsrOptions, with_timestamps: bool = False, **extra):
+        """CTranslate2's beam search over one encoded batch, each chunk with the same prompt."""
+        from faster_whisper.transcribe import get_suppressed_tokens
 
         model = self.model
         prompt = model.get_prompt(tok, tok.encode(" " + opts.initial_prompt.strip()) if opts.initial_prompt else [],
-                                  without_timestamps=True, hotwords=opts.hotwords)
-        res = model.model.generate(
+                                  without_timestamps=not with_timestamps, hotwords=opts.hotwords)
+        return model.model.generate(
             enc, [list(prompt) for _ in batch], beam_size=opts.beam_size, patience=1.0, length_penalty=1.0,
             max_length=model.max_length, suppress_blank=True, suppress_tokens=get_suppressed_tokens(tok, [-1]),
-            return_scores=True, return_no_speech_prob=True, sampling_temperature=0.0)
+            return_scores=True, return_no_speech_prob=True, sampling_temperature=0.0, **extra)
+
+    def _decode_batch(self, batch: list[Chunk], enc, tok, opts: AsrOptions) -> list[tuple[list[RawSegment], bool]]:
+        """One batch: beam search without timestamp tokens, word timestamps by alignment; per chunk its
+        segments (chunk time) and whether it had to be decoded again."""
+        from faster_whisper.transcribe import get_compression_ratio
+
+        model = self.model
+        res = self._generate(batch, enc, tok, opts)
         # each chunk gets its own 30 s slot on a virtual timeline, as windows have when sequential
         segs, sizes = [], []
         for j, (c, r) in enumerate(zip(batch, res)):
