@@ -57,3 +57,48 @@ for w, cs in cards.items():
     with open(f"cards_{w}.jsonl", "w") as f:
         for c in cs: f.write(json.dumps(c, ensure_ascii=False) + "\n")
 print(n)
+
+# Second batch (session 13): the kinds the evaluation set shows and the first batch has few of —
+# shop-assistant chats, persuasion, support with or without an upsell — in a conversational register.
+rng2 = random.Random(20261130)
+RETAIL = ["home appliances", "smartphones and mobile plans", "bicycles", "running shoes and sportswear", "sofas and home furniture",
+    "cosmetics and skin care", "eyewear", "pet food and supplies", "garden tools", "laptops", "kitchenware", "baby strollers",
+    "package holidays", "hotel booking", "car rental", "restaurant table booking", "concert and theatre tickets",
+    "flowers and gift delivery", "power tools", "board games and toys", "mattresses", "tea and coffee shop", "bookshop", "gym membership"]
+KINDS2 = [
+    ("retail_assistant", 40, "a shop assistant (phone, chat or in store) helping a customer choose a product or service; the customer often "
+        "takes up one of the suggestions ('ok I'll take it', 'sounds good, I'll check it out', 'book it')"),
+    ("persuasion", 18, "one person persuading another, in a casual chat, to donate to a charity, sign a petition or volunteer"),
+    ("support_upsell", 18, "a support/service call or chat about a problem, where the agent then offers an upgrade or extra service"),
+    ("support_only", 12, "a support/service call or chat about a problem only, no selling at all (negative control)"),
+    ("b2c_inbound", 12, "a private customer calls or messages a company about a product or service they saw advertised"),
+]
+OUTCOMES2 = ["customer accepts a suggestion and buys or books it", "customer accepts a suggestion and says they will go and look at it",
+    "customer asks to reserve / hold the item", "customer declines all suggestions politely", "customer says they will think about it",
+    "customer is just browsing; no decision", "customer agrees to a call-back or a follow-up message", "conversation ends abruptly"]
+STYLE2 = [("chat messages (typed, short lines, some typos, casual)", 35),
+    ("spoken: punctuated but with fillers, interruptions and self-corrections", 30),
+    ("ASR-noisy: all lower case, no punctuation, fillers (ээ, ну, как бы / uh, um, like), a few misheard words, false starts", 20),
+    ("clean transcript: normal punctuation and capitals", 15)]
+LENGTH2 = [((5, 10), 25), ((11, 24), 50), ((25, 45), 25)]
+cards2 = {"w7": [], "w8": []}
+for w in cards2:
+    for lang in ("ru", "en"):
+        for i in range(30):
+            kind = None
+            tot = sum(wt for _, wt, _ in KINDS2); r = rng2.uniform(0, tot)
+            for k, wt, d in KINDS2:
+                r -= wt
+                if r <= 0: kind = (k, d); break
+            kind = kind or (KINDS2[-1][0], KINDS2[-1][2])
+            style = rng2.choices([s for s, _ in STYLE2], [wt for _, wt in STYLE2])[0]
+            length = rng2.choices([l for l, _ in LENGTH2], [wt for _, wt in LENGTH2])[0]
+            card = {"card": f"{w}-{lang}-{i+1:03d}", "language": lang, "kind": kind[0], "situation": kind[1],
+                    "industry": rng2.choice(RETAIL if kind[0] != "persuasion" else ["children's charity", "animal shelter",
+                        "environmental petition", "food bank volunteering", "blood donation", "local library fundraising"]),
+                    "turns": "%d-%d" % length, "style": style}
+            if kind[0] != "support_only":
+                card.update(outcome=rng2.choice(OUTCOMES2), objections=rng2.choice(OBJ), manager=rng2.choice(SKILL))
+            cards2[w].append(card)
+    with open(f"cards_{w}.jsonl", "w") as f:
+        for c in cards2[w]: f.write(json.dumps(c, ensure_ascii=False) + "\n")
