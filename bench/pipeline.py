@@ -122,6 +122,49 @@ def in_process_costs(n: int, workdir: Path) -> dict[str, float]:
             "event_kb": sum(map(len, tagged)) / n / 1024}
 
 
+def tag_costs(n: int) -> dict[str, float]:
+    """ms per call of the tag stage as the worker runs it, rules alone and with the learned model (the default),
+    on texts the sentence encoder's cache has seen and on new ones. The throughput runs cycle 30 dev dialogues,
+    so after the first pass every sentence is cached; real calls are new texts."""
+    from pipeline.tagging import load_rules
+    from pipeline.tagging.learned import PACKAGED, load_cached
+    from pipeline.tagging.retag import retag
+
+    rules, model = load_rules(), load_cached(PACKAGED)
+    seen = tp_events(n, "tc")
+
+    def new_texts(ev: CallTranscribed, i: int) -> CallTranscribed:
+        data = ev.model_dump(mode="json")
+        for k, seg in enumerate(data["segments"]):
+            seg["text"] += f" (ref {i}-{k})"  # a text no other call has: the cache cannot answer it
+        return CallTranscribed.model_validate(data)
+
+    new = [new_texts(ev, i) for i, ev in enumerate(seen)]
+    for ev in seen:  # every dialogue's sentences cached, as after the first cycle of a throughput run
+        retag(ev, rules, model)
+    out = {"n": n, "segments_per_call": sum(len(ev.segments) for ev in seen) / n}
+    for name, evs, m in (("rules", new, None), ("learned_seen", seen, model), ("learned_new", new, model)):
+        t = time.perf_counter()
+        for ev in evs:
+            retag(ev, rules, m)
+        out[name] = (time.perf_counter() - t) * 1000 / n
+    return out
+
+
+def fmt_tag_costs(tc: dict) -> str:
+    return "\n".join([
+        f"`bench/pipeline.py --tag-cost` ({tc['n']} calls of the dev dialogues, {tc['segments_per_call']:.0f} segments a "
+        "call, one process, run with OMP_NUM_THREADS=1, same run): ms per call of the tag stage (`retag`: parse to tags to `CallTagged`).",
+        "",
+        "| tagger | texts | ms / call | calls/s if alone (one core) |",
+        "|---|---|---|---|",
+        f"| rules alone (`CALLQA_TAGGER=rules`) | new | {tc['rules']:.1f} | {1000 / tc['rules']:.0f} |",
+        f"| learned (the default) | seen before (the throughput runs' cycled dialogues) | {tc['learned_seen']:.1f} | "
+        f"{1000 / tc['learned_seen']:.0f} |",
+        f"| learned (the default) | new (real traffic) | **{tc['learned_new']:.1f}** | **{1000 / tc['learned_new']:.0f}** |",
+    ])
+
+
 # ---------------------------------------------------------------------------------------------- worker
 
 def wait_ready(w: WorkerProcess, timeout_s: float = 180) -> None:
@@ -730,6 +773,8 @@ def main(argv=None) -> int:
                     help="only the non-ASR throughput: one worker on SQLite, one and two on PostgreSQL")
     ap.add_argument("--before", help="with --throughput: also run each setup with the worker of the code in this "
                                      "directory (an export of older code), side by side")
+    ap.add_argument("--tag-cost", action="store_true",
+                    help="only the tag stage's cost per call: rules, learned on cached and on new texts")
     ap.add_argument("--write-readme", action="store_true", help="replace the section of bench/README.md")
     ap.add_argument("--json", help="also write the raw numbers here")
     args = ap.parse_args(argv)
@@ -739,6 +784,12 @@ def main(argv=None) -> int:
         return scale(args, started)
     if args.throughput:
         return throughput_bench(args, started)
+    if args.tag_cost:
+        section = fmt_tag_costs(tag_costs(args.inproc))
+        print(section)
+        if args.write_readme:
+            write_readme(section, start="<!-- tagcost:start -->", end="<!-- tagcost:end -->")
+        return 0
 
     broker = None
     with tempfile.TemporaryDirectory(prefix="callqa-bench-") as tmp:
