@@ -123,9 +123,43 @@ def stats_match(sessions) -> tuple[bool, str]:
     return True, ""
 
 
-def wait_stats_match(sessions, timeout_s: float = 120, workers=()) -> None:
+def where_stats_lost(sessions, bootstrap: str, app_id: str, stored_topic: str, manager: str) -> str:
+    """For a failure message: which of ``manager``'s stored calls never had an update on calls.stored, and
+    which have one but are missing from the statistics table's changelog (its last value for the call)."""
+    from models.tables import Call
+    from tests.helpers import consume_all
+    with sessions() as s:
+        in_db = {r.call_id: r.revision for r in s.execute(select(Call.call_id, Call.revision).where(
+            Call.manager_id == manager, Call.status == "tagged"))}
+    updates: dict[str, list] = {}
+    for m in consume_all(bootstrap, stored_topic, timeout_s=5):
+        try:
+            u = json.loads(m.value)
+        except ValueError:
+            continue
+        if u.get("manager_id") == manager:
+            updates.setdefault(u["call_id"], []).append((m.partition, m.offset, u.get("op"), u.get("revision")))
+    table: dict[str, object] = {}
+    for m in consume_all(bootstrap, f"{app_id}-manager-stats-changelog", timeout_s=5):
+        try:
+            k = json.loads(m.key)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(k, list) and len(k) == 3 and k[0] == manager and k[1] == "call":
+            table[k[2]] = json.loads(m.value) if m.value else None
+    no_update = sorted(c for c in in_db if c not in updates)
+    not_in_table = sorted(c for c in in_db if c in updates and table.get(c) is None)
+    stale = sorted(c for c in in_db if isinstance(table.get(c), dict) and table[c].get("r") != in_db[c])
+    return (f"{manager}: {len(in_db)} calls stored; without an update on {stored_topic}: {no_update[:10]} "
+            f"({len(no_update)}); with one but not in the table: {not_in_table[:10]} ({len(not_in_table)}) "
+            f"updates {[updates[c] for c in not_in_table[:3]]}; table revision != stored: {stale[:10]} "
+            f"({len(stale)})")
+
+
+def wait_stats_match(sessions, timeout_s: float = 120, workers=(), diagnose=None) -> None:
     """The mirror is written after the store, asynchronously: poll until it agrees, then assert. ``workers``
-    still running dump their tasks to their logs if it never does."""
+    still running dump their tasks to their logs if it never does; ``diagnose(manager)`` says where a
+    mismatching manager's calls were lost."""
     deadline = time.monotonic() + timeout_s
     while True:
         ok, why = stats_match(sessions)
@@ -134,6 +168,12 @@ def wait_stats_match(sessions, timeout_s: float = 120, workers=()) -> None:
         if time.monotonic() > deadline:
             for w in workers:
                 w.dump_tasks()
+            if diagnose is not None:
+                manager = why.removeprefix("no statistics mirrored for ").split(":", 1)[0].split(" has ", 1)[0]
+                try:
+                    why += "\n" + diagnose(manager)
+                except Exception as exc:  # the failure above is the news, not this
+                    why += f"\n(no diagnosis: {exc!r})"
             raise AssertionError(f"statistics differ from a recomputation after {timeout_s:.0f}s: {why}")
         time.sleep(0.5)
 

@@ -308,7 +308,8 @@ def test_two_workers_one_killed_for_good_the_other_takes_every_partition(kafka_b
         # a's partitions move to b once a's session times out (Faust's broker_session_timeout, 60 s)
         wait_until(lambda: f"every call stored by the survivor ({unstored(b, all_ids)} of {len(all_ids)} not)",
                    lambda: all_stored(b, all_ids), 300, b, every_s=2)
-        faults.wait_stats_match(b.sessions, workers=[b])
+        faults.wait_stats_match(b.sessions, workers=[b], diagnose=lambda m: faults.where_stats_lost(
+            b.sessions, kafka_bootstrap, a.app_id, a.topics["stored"], m))
         assert b.proc.poll() is None, "the surviving worker exited"
     finally:
         a.stop(kill=True)
