@@ -156,6 +156,33 @@ def where_stats_lost(sessions, bootstrap: str, app_id: str, stored_topic: str, m
             f"({len(stale)})")
 
 
+def where_calls_wait(bootstrap: str, group: str, topics: dict, call_ids) -> str:
+    """For a failure message: where each unstored call's events are on calls.transcribed and calls.tagged
+    (partition, offset) and whether the group committed past them: committed past an unprocessed event is
+    a lost call (nothing will redeliver it), not committed is a worker that stopped reading."""
+    from kafka import KafkaConsumer, TopicPartition
+    # a consumer of the group that never subscribes: it reads the group's offsets and neither joins nor commits
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        committed = {(topics[k], p): c.committed(TopicPartition(topics[k], p))
+                     for k in ("transcribed", "tagged") for p in c.partitions_for_topic(topics[k]) or ()}
+    finally:
+        c.close()
+    want, out = set(call_ids), []
+    for stage in ("transcribed", "tagged"):
+        topic = topics[stage]
+        where: dict[str, list] = {}
+        for r in read_topic(bootstrap, topic):
+            cid = (r.key or b"").decode("utf-8", "replace")
+            if cid in want:
+                c = committed.get((topic, r.partition))
+                where.setdefault(cid, []).append(f"{r.partition}@{r.offset}{'<' if c is not None and c > r.offset else '>='}"
+                                                f"{c}")
+        out.append(f"{stage}: " + "; ".join(f"{cid} {v}" for cid, v in sorted(where.items())[:12])
+                   + f" ({len(where)} of {len(want)} there; 'a<b': offset a committed past (b), 'a>=b': not)")
+    return "\n".join(out)
+
+
 def wait_stats_match(sessions, timeout_s: float = 120, workers=(), diagnose=None) -> None:
     """The mirror is written after the store, asynchronously: poll until it agrees, then assert. ``workers``
     still running dump their tasks to their logs if it never does; ``diagnose(manager)`` says where a

@@ -306,8 +306,17 @@ def test_two_workers_one_killed_for_good_the_other_takes_every_partition(kafka_b
         assert len(parts) == 4, parts
         all_ids = ids + [ev.call_id for ev in late]
         # a's partitions move to b once a's session times out (Faust's broker_session_timeout, 60 s)
-        wait_until(lambda: f"every call stored by the survivor ({unstored(b, all_ids)} of {len(all_ids)} not)",
-                   lambda: all_stored(b, all_ids), 300, b, every_s=2)
+        try:
+            wait_until(lambda: f"every call stored by the survivor ({unstored(b, all_ids)} of {len(all_ids)} not)",
+                       lambda: all_stored(b, all_ids), 300, b, every_s=2)
+        except AssertionError as exc:
+            statuses = call_statuses(b, all_ids)
+            missing = [c for c in all_ids if statuses.get(c) != "tagged"]
+            try:
+                where = faults.where_calls_wait(kafka_bootstrap, a.app_id, a.topics, missing)
+            except Exception as e:  # the failure above is the news
+                where = f"(no diagnosis: {e!r})"
+            raise AssertionError(f"{exc}\n{where}") from None
         faults.wait_stats_match(b.sessions, workers=[b], diagnose=lambda m: faults.where_stats_lost(
             b.sessions, kafka_bootstrap, a.app_id, a.topics["stored"], m))
         assert b.proc.poll() is None, "the surviving worker exited"
