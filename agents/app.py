@@ -102,8 +102,10 @@ def guard_commits() -> None:
 
     def _new_offset(self, tp):
         acked, committed = self._acked[tp], self._committed_offset[tp]
-        if acked and committed is not None and min(acked) > committed:
-            return None  # the event at the committed offset is not done yet
+        if acked and (committed is None or min(acked) > committed):
+            # the event at the committed offset is not done yet; or the partition was never committed and
+            # where it starts is not known yet (the stall detector sets it to where the log starts)
+            return None
         return new_offset(self, tp)
 
     async def _add_gap(self, tp, offset_from: int, offset_to: int) -> None:
@@ -540,9 +542,11 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
             except Exception:
                 log.exception("could not send the outbox yet; retrying")
         # faust-streaming#629: after quick successive rebalances a partition can stay assigned but
-        # never be fetched again, so its calls would wait forever. A partition with records past its
-        # committed offset, nothing of it in flight, and no commit for STALL_S is fetched again from its
-        # committed offset (at-least-once; every stage is idempotent, so a re-read is harmless).
+        # never be fetched again, so its calls would wait forever; or an event can be dropped around a
+        # rebalance while later ones go on (a hole, where guard_commits holds the commit). A partition with
+        # records past its committed offset, the event at that offset not in flight, and no commit for
+        # STALL_S is fetched again from its committed offset (at-least-once; every stage is idempotent, so
+        # a re-read is harmless).
         consumer = app.consumer
         if app.rebalancing or app.in_recovery or consumer is None:
             stalled.clear()
@@ -552,7 +556,15 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
         if not tps:
             return
         ends = await consumer.highwaters(*tps)
-        busy = {m.tp for m in list(consumer._unacked_messages)}
+        never = [tp for tp in tps if consumer._committed_offset.get(tp) is None]
+        if never:  # never committed by the group: read from where the log starts (auto_offset_reset earliest)
+            for tp, first in (await consumer.earliest_offsets(*never)).items():
+                if consumer._committed_offset.get(tp) is None and first is not None:
+                    consumer._committed_offset[tp] = first
+        lowest: dict = {}  # per partition, the lowest offset of the events in flight
+        for m in list(consumer._unacked_messages):
+            if m.offset < lowest.get(m.tp, m.offset + 1):
+                lowest[m.tp] = m.offset
         now = asyncio.get_running_loop().time()
         for tp in tps:
             committed = consumer._committed_offset.get(tp)
@@ -561,7 +573,9 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
                 stalled.pop(tp, None)
                 slow.pop(tp, None)
                 continue
-            if tp in busy:
+            low = lowest.get(tp)
+            if low is not None and (committed is None or low <= committed):
+                # the event at the committed offset is in flight: the partition moves (or waits on the database)
                 stalled.pop(tp, None)
                 note_slow(tp, committed, now, consumer)
                 continue
@@ -569,17 +583,26 @@ def create_app(settings: Optional[Settings] = None, *, transcriber=None, tagger=
             if seen != committed:
                 since = now
             stalled[tp] = (since, committed)
-            if now - since >= STALL_S:
-                log.warning("%s[%d] has records after offset %s but is not being fetched; fetching it again from "
-                            "there (%s)", tp.topic, tp.partition, committed, partition_state(tp, consumer))
+            if now - since < STALL_S:
+                continue
+            stalled.pop(tp, None)
+            if low is None:
+                log.warning("%s[%d] has records after offset %s and none of them in flight for %.0f s; fetching it "
+                            "again from there (%s)", tp.topic, tp.partition, committed, now - since,
+                            partition_state(tp, consumer))
                 # Faust fetches only the partitions in its active set (Consumer._get_active_partitions): one left
                 # out of it (paused, or held back for a full buffer whose pressure drop never came) is never
                 # fetched, whatever its position, so a seek alone does not bring it back. Nothing of it is in
                 # flight, so its buffers are not full.
                 consumer._buffered_partitions.discard(tp)
                 consumer.resume_partitions([tp])
-                await consumer.seek(tp, committed or 0)
-                stalled.pop(tp, None)
+            else:
+                # a hole: later events are in flight or done, the one at the committed offset is neither (dropped
+                # around a rebalance; guard_commits keeps the commit there). Those in flight will be done twice.
+                log.warning("%s[%d]: the event at offset %s is neither done nor in flight (in flight from %d on); "
+                            "reading the partition again from it (%s)", tp.topic, tp.partition, committed, low,
+                            partition_state(tp, consumer))
+            await consumer.seek(tp, committed or 0)
 
     app.callqa_agents = dict(transcribe=transcribe, tag=tag, store=store,  # type: ignore[attr-defined]
                              manager_stats=manager_stats, record_failure=record_failure, crm=crm, join=join)

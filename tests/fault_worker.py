@@ -33,22 +33,49 @@ class CannedTranscriber:
         return CallTranscribed.model_validate(data)
 
 
-def lose_a_partition(app, topic: str) -> None:
-    """CALLQA_TEST_UNFETCH=<topic>: once the worker runs, partition 0 of <topic> drops out of Faust's fetched
-    partitions while staying assigned (as after faust-streaming#629), so its events wait until the worker's
-    stall detector (agents/app.py, unstick_partitions) notices and fetches it again."""
+def once_partition_0_runs(app, topic: str, fault) -> None:
+    """Call ``fault(tp)`` once, as soon as partition 0 of ``topic`` is assigned and the worker is running
+    (recovered, not rebalancing)."""
     done = []
 
     @app.timer(interval=1.0)
-    async def drop_partition():
+    async def inject():
         consumer = app.consumer
         if done or app.rebalancing or app.in_recovery or consumer is None:
             return
         tp = next((tp for tp in consumer.assignment() if tp.topic == topic and tp.partition == 0), None)
-        if tp is not None and app.tables.recovery.completed.is_set():
-            consumer._get_active_partitions().discard(tp)
+        if tp is not None and tp in app.topics._tp_to_callback and app.tables.recovery.completed.is_set():
+            fault(tp)
             done.append(tp)
-            print(f"test: {topic}[0] is no longer fetched", flush=True)
+
+
+def lose_a_partition(app, topic: str) -> None:
+    """CALLQA_TEST_UNFETCH=<topic>: once the worker runs, partition 0 of <topic> drops out of Faust's fetched
+    partitions while staying assigned (as after faust-streaming#629), so its events wait until the worker's
+    stall detector (agents/app.py, unstick_partitions) notices and fetches it again."""
+    def fault(tp):
+        app.consumer._get_active_partitions().discard(tp)
+        print(f"test: {topic}[0] is no longer fetched", flush=True)
+
+    once_partition_0_runs(app, topic, fault)
+
+
+def drop_one_event(app, topic: str) -> None:
+    """CALLQA_TEST_HOLE=<topic>: the first event fetched from partition 0 of <topic> once the worker runs is
+    not delivered to the agents (as an event dropped around a rebalance), while the ones after it are. Faust
+    alone would commit past it; the worker must not (guard_commits) and must read it again."""
+    def fault(tp):
+        callbacks = app.topics._tp_to_callback
+        deliver = callbacks[tp]
+
+        async def drop_first(message):
+            callbacks[tp] = deliver  # only the first
+            print(f"test: {topic}[0]@{message.offset} dropped", flush=True)
+
+        callbacks[tp] = drop_first
+        print(f"test: {topic}[0] will drop its next event", flush=True)
+
+    once_partition_0_runs(app, topic, fault)
 
 
 if __name__ == "__main__":
@@ -59,6 +86,8 @@ if __name__ == "__main__":
         app = real(settings, transcriber=CannedTranscriber(settings), **kw)
         if os.environ.get("CALLQA_TEST_UNFETCH"):
             lose_a_partition(app, os.environ["CALLQA_TEST_UNFETCH"])
+        if os.environ.get("CALLQA_TEST_HOLE"):
+            drop_one_event(app, os.environ["CALLQA_TEST_HOLE"])
         return app
 
     agents.app.create_app = create_app  # cmd_worker imports it at call time

@@ -46,3 +46,14 @@ def test_offsets_the_fetcher_skipped_are_not_counted_as_done(consumer, caplog):
     consumer._acked_index[TPX].update([10, 20])
     assert consumer._new_offset(TPX) == 11  # Faust alone: 21, past 11..19 that no agent saw
     assert "offsets 11..19 were not delivered" in caplog.text
+
+
+def test_a_partition_never_committed_waits_for_where_it_starts(consumer):
+    consumer._acked[TPX].extend([1, 2])  # 0 not done: Faust alone commits 3
+    consumer._acked_index[TPX].update([1, 2])
+    assert consumer._new_offset(TPX) is None
+    consumer._committed_offset[TPX] = 0  # where the log starts, set by the stall detector
+    assert consumer._new_offset(TPX) is None
+    consumer._acked[TPX].append(0)
+    consumer._acked_index[TPX].add(0)
+    assert consumer._new_offset(TPX) == 3

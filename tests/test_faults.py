@@ -330,38 +330,56 @@ def test_two_workers_one_killed_for_good_the_other_takes_every_partition(kafka_b
     assert led.dead_letters == {}
 
 
-# ---- a partition that stays assigned but is no longer fetched (faust-streaming#629) ----------------------
+# ---- events Faust does not deliver: a partition no longer fetched, one event dropped ---------------------
 
-def test_a_partition_no_longer_fetched_is_fetched_again_and_nothing_is_lost(kafka_bootstrap, tmp_path, pg_url):
-    """Partition 0 of calls.tagged drops out of Faust's fetched partitions while staying assigned (the state
-    the two-workers test met once after a take-over, then stored nothing more): the worker's stall detector
-    must notice, say what it found, make it fetched again, and every call must be stored once."""
+def run_with_a_fault_on_partition_0(kafka_bootstrap, tmp_path, pg_url, env: str, armed: str):
+    """A fault worker (tests/fault_worker.py) with ``env`` set to its calls.tagged topic: once the log says
+    ``armed``, 60 calls are published onto every partition; each must be stored once and counted. Returns
+    the worker's log and the ledger."""
     w = WorkerProcess(kafka_bootstrap, tmp_path / "w", [tmp_path], db_url=pg_url, module="tests.fault_worker")
-    w.env["CALLQA_TEST_UNFETCH"] = w.topics["tagged"]
+    w.env[env] = w.topics["tagged"]
+    assert w.sessions is not None  # the schema made here first: two migrations at once collide
     w.start()
     try:
-        wait_until("partition 0 of calls.tagged dropped from fetching",
-                   lambda: "[0] is no longer fetched" in w.log.read_text(), 180, w)
+        wait_until(f"the fault armed ({armed})", lambda: armed in w.log.read_text(), 180, w)
         events = [tagged_event(n, f"mgr-{n % 5}") for n in range(60)]
-        parts = set()
         from kafka import KafkaProducer
         with KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all") as producer:
-            for ev in events:
-                parts.add(producer.send(w.topics["tagged"], key=ev.call_id.encode(),
-                                        value=ev.model_dump_json().encode()).get(timeout=30).partition)
-        assert 0 in parts, parts
+            parts = [producer.send(w.topics["tagged"], key=ev.call_id.encode(),
+                                   value=ev.model_dump_json().encode()).get(timeout=30).partition for ev in events]
+        assert parts.count(0) >= 2, parts  # partition 0 gets the fault and events after it
         ids = [ev.call_id for ev in events]
         wait_until(lambda: f"every call stored ({unstored(w, ids)} of {len(ids)} not)",
                    lambda: all_stored(w, ids), 180, w, every_s=1)
         faults.wait_stats_match(w.sessions, workers=[w])
         log = w.log.read_text()
-        assert f"{w.topics['tagged']}[0] has records after offset" in log, log[-3000:]
-        assert "fetching=False" in log, log[-3000:]  # what it found, said
     finally:
         w.stop()
     led = faults.ledger(w.sessions, ids, letters=faults.dead_letters(kafka_bootstrap, w.topics["dlq"]))
     led.stats_equal = faults.stats_match(w.sessions)[0]
+    return w, log, led
+
+
+def test_a_partition_no_longer_fetched_is_fetched_again_and_nothing_is_lost(kafka_bootstrap, tmp_path, pg_url):
+    """Partition 0 of calls.tagged drops out of Faust's fetched partitions while staying assigned (the state
+    the two-workers test met once after a take-over, then stored nothing more): the worker's stall detector
+    must notice, say what it found, make it fetched again, and every call must be stored once."""
+    w, log, led = run_with_a_fault_on_partition_0(kafka_bootstrap, tmp_path, pg_url, "CALLQA_TEST_UNFETCH",
+                                                  "[0] is no longer fetched")
+    assert f"{w.topics['tagged']}[0] has records after offset" in log, log[-3000:]
+    assert "fetching=False" in log, log[-3000:]  # what it found, said
     faults.record("a partition assigned but no longer fetched", led)
+    faults.assert_clean(led)
+
+
+def test_an_event_dropped_before_the_agents_is_read_again_not_committed_past(kafka_bootstrap, tmp_path, pg_url):
+    """One event of partition 0 of calls.tagged never reaches the agents while the ones after it do (as an
+    event Faust drops around a rebalance): Faust alone commits past it and the call is never stored. The
+    worker must keep the commit at it (guard_commits) and its stall detector must read it again."""
+    w, log, led = run_with_a_fault_on_partition_0(kafka_bootstrap, tmp_path, pg_url, "CALLQA_TEST_HOLE",
+                                                  "[0] will drop its next event")
+    assert f"{w.topics['tagged']}[0]@" in log and " dropped" in log, log[-3000:]
+    faults.record("an event dropped before the agents", led)
     faults.assert_clean(led)
 
 
