@@ -34,7 +34,7 @@ STYLE = [("clean transcript: normal punctuation and capitals", 45),
     ("chat messages (typed, short lines, some typos)", 8),
     ("mixed: punctuated but with fillers and self-corrections as spoken", 12)]
 LENGTH = [((5, 10), 25), ((11, 24), 45), ((25, 45), 22), ((46, 80), 8)]
-def pick(items):
+def pick(items, rng=rng):
     tot = sum(w for _, w in items); r = rng.uniform(0, tot)
     for it, w in items:
         r -= w
@@ -85,12 +85,7 @@ cards2 = {"w7": [], "w8": []}
 for w in cards2:
     for lang in ("ru", "en"):
         for i in range(30):
-            kind = None
-            tot = sum(wt for _, wt, _ in KINDS2); r = rng2.uniform(0, tot)
-            for k, wt, d in KINDS2:
-                r -= wt
-                if r <= 0: kind = (k, d); break
-            kind = kind or (KINDS2[-1][0], KINDS2[-1][2])
+            kind = pick([((k, d), wt) for k, wt, d in KINDS2], rng2)
             style = rng2.choices([s for s, _ in STYLE2], [wt for _, wt in STYLE2])[0]
             length = rng2.choices([l for l, _ in LENGTH2], [wt for _, wt in LENGTH2])[0]
             card = {"card": f"{w}-{lang}-{i+1:03d}", "language": lang, "kind": kind[0], "situation": kind[1],

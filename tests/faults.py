@@ -156,18 +156,23 @@ def where_stats_lost(sessions, bootstrap: str, app_id: str, stored_topic: str, m
             f"({len(stale)})")
 
 
-def where_calls_wait(bootstrap: str, group: str, topics: dict, call_ids) -> str:
-    """For a failure message: where each unstored call's events are on calls.transcribed and calls.tagged
-    (partition, offset) and whether the group committed past them: committed past an unprocessed event is
-    a lost call (nothing will redeliver it), not committed is a worker that stopped reading."""
+def group_committed(bootstrap: str, group: str, topics) -> dict[tuple[str, int], Optional[int]]:
+    """The consumer group's committed offset per (topic, partition), None where it committed none."""
     from kafka import KafkaConsumer, TopicPartition
     # a consumer of the group that never subscribes: it reads the group's offsets and neither joins nor commits
     c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
-        committed = {(topics[k], p): c.committed(TopicPartition(topics[k], p))
-                     for k in ("transcribed", "tagged") for p in c.partitions_for_topic(topics[k]) or ()}
+        return {(topic, p): c.committed(TopicPartition(topic, p))
+                for topic in topics for p in c.partitions_for_topic(topic) or ()}
     finally:
         c.close()
+
+
+def where_calls_wait(bootstrap: str, group: str, topics: dict, call_ids) -> str:
+    """For a failure message: where each unstored call's events are on calls.transcribed and calls.tagged
+    (partition, offset) and whether the group committed past them: committed past an unprocessed event is
+    a lost call (nothing will redeliver it), not committed is a worker that stopped reading."""
+    committed = group_committed(bootstrap, group, [topics["transcribed"], topics["tagged"]])
     want, out = set(call_ids), []
     for stage in ("transcribed", "tagged"):
         topic = topics[stage]

@@ -88,16 +88,8 @@ def left_uncommitted(bootstrap: str, w: WorkerProcess, ids: list[str]) -> dict[s
     """For each call, where its offset stands for the worker's consumer group (Faust's group is the app id):
     "tagged" if its event on the tagged topic is past the committed offset, "transcribed" if it has no
     tagged event and its transcribed event is past the committed offset, "committed" otherwise."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    # a consumer of the group that never subscribes: it reads the group's offsets and neither joins nor commits
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=w.app_id, enable_auto_commit=False)
-    try:
-        committed = {(topic, p): c.committed(TopicPartition(topic, p)) or -1
-                     for topic in (w.topics["tagged"], w.topics["transcribed"])
-                     for p in c.partitions_for_topic(topic) or ()}
-    finally:
-        c.close()
+    committed = {tp: -1 if c is None else c for tp, c in
+                 faults.group_committed(bootstrap, w.app_id, [w.topics["tagged"], w.topics["transcribed"]]).items()}
 
     def pending(topic: str) -> dict[str, bool]:
         out: dict[str, bool] = {}
