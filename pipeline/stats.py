@@ -32,8 +32,10 @@ A redelivered update (a worker died after writing some of an update's keys but b
 offset) must not count twice. The keys go to one changelog partition in the order written, and Kafka
 keeps that order, so what survives a crash is a prefix of the writes. Each period's counts remember
 the calls.stored offset of the last update that changed them ("k"), and the call's entry is written
-last: on a redelivery, counts whose offset is not older than the update's are left alone, and the entry
-(still the old one if its write was lost) decides whether anything else is to do. This relies on
+last: on a redelivery, counts last changed by this very update are left alone, and the entry (still the
+old one if its write was lost) decides whether anything else is to do. Only the same offset, not any
+offset at least as new: an update can come after later ones of its partition (an offset Faust's fetcher
+skipped, read again by the worker's stall detector), and must then still count. This relies on
 calls.stored never being recreated under a running changelog (its offsets would start again).
 
 An update reads and writes a handful of small keys (the call's entry, at most five periods), whatever
@@ -372,7 +374,7 @@ class StatsState:
                 offset: Optional[int]) -> None:
         k = period_key(m, period)
         cur = self.table.get(k) or {}
-        if offset is not None and cur.get("k") is not None and cur["k"] >= offset:
+        if offset is not None and cur.get("k") == offset:
             return  # this update reached these counts before the worker died: do not count it twice
         ms = ManagerStats(m)
         _decode_period(ms, period, cur)

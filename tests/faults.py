@@ -140,6 +140,7 @@ def where_stats_lost(sessions, bootstrap: str, app_id: str, stored_topic: str, m
         if u.get("manager_id") == manager:
             updates.setdefault(u["call_id"], []).append((m.partition, m.offset, u.get("op"), u.get("revision")))
     table: dict[str, object] = {}
+    counted = None  # the calls its all-time counts hold, as the changelog last has them
     for m in consume_all(bootstrap, f"{app_id}-manager-stats-changelog", timeout_s=5):
         try:
             k = json.loads(m.key)
@@ -147,13 +148,17 @@ def where_stats_lost(sessions, bootstrap: str, app_id: str, stored_topic: str, m
             continue
         if isinstance(k, list) and len(k) == 3 and k[0] == manager and k[1] == "call":
             table[k[2]] = json.loads(m.value) if m.value else None
+        elif k == [manager, "all"] and m.value:
+            v = json.loads(m.value)
+            counted = (sum(rows[0][0] for rows in v.get("T", {}).values()), v.get("k"), m.partition, m.offset)
     no_update = sorted(c for c in in_db if c not in updates)
     not_in_table = sorted(c for c in in_db if c in updates and table.get(c) is None)
     stale = sorted(c for c in in_db if isinstance(table.get(c), dict) and table[c].get("r") != in_db[c])
     return (f"{manager}: {len(in_db)} calls stored; without an update on {stored_topic}: {no_update[:10]} "
             f"({len(no_update)}); with one but not in the table: {not_in_table[:10]} ({len(not_in_table)}) "
             f"updates {[updates[c] for c in not_in_table[:3]]}; table revision != stored: {stale[:10]} "
-            f"({len(stale)})")
+            f"({len(stale)}); the table's all-time counts (calls, last update's offset, changelog partition "
+            f"and offset): {counted} (fewer calls than stored: the table lost an update; as many: the mirror did)")
 
 
 def group_committed(bootstrap: str, group: str, topics) -> dict[tuple[str, int], Optional[int]]:

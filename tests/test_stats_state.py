@@ -150,6 +150,24 @@ class NumbersMachine(RuleBasedStateMachine):
         self.live.apply(result.update, offset)
         self.live.drain()
 
+    @precondition(lambda self: len(self.last) >= 2)
+    @rule(data=st.data(), steps=st.fixed_dictionaries({s: QUAL for s in STEPS}))
+    def an_update_read_again_after_later_ones(self, data, steps):
+        """Faust's fetcher skipped an update's offset and the worker's stall detector read it again after
+        later updates of the partition (here: a call of the same manager and day) were counted."""
+        call, other = data.draw(st.lists(st.sampled_from(sorted(self.last)), min_size=2, max_size=2, unique=True))
+        kw = {**self.last[call], "steps": {s: q for s, q in steps.items() if q}, "tagged_at": self._tick()}
+        self.last[call] = kw
+        with self.sessions.begin() as s:
+            result = store_tagged(s, tagged(**kw), TZ)
+        skipped, self.live.offset = self.live.offset, self.live.offset + 1
+        later = {**self.last[other], "manager": kw["manager"], "team": kw["team"], "started": kw["started"],
+                 "tagged_at": self._tick()}
+        self.last[other] = later
+        self._store(later)
+        self.live.apply(result.update, skipped)
+        self.live.drain()
+
     @rule()
     def send_outbox(self):
         self.live.drain()
