@@ -23,7 +23,7 @@ START, END = "<!-- faults:start -->", "<!-- faults:end -->"
 # the order of the table: the faults of issue 13, then whatever else was recorded
 ORDER = ["worker killed (kill -9) mid-run", "broker killed and restarted mid-run",
          "two workers, one killed for good (kill -9)", "a partition assigned but no longer fetched",
-         "an event dropped before the agents",
+         "an event dropped before the agents", "a statistics update dropped before the agents",
          "fuzzed events (hypothesis, 3 topics)", "bad audio",
          "burst of 5,000 events (PostgreSQL)", "PostgreSQL stopped for 30 s mid-run",
          "worker stopped (SIGTERM) while PostgreSQL is down, a second one takes over"]
