@@ -1,0 +1,71 @@
+"""Wider context for the step model (tried, not taken; bench/README.md "Wider context features"): feature
+variants scored by bench/decoding.py's protocol (each real train family left out in turn, and written dev) at
+the shipped DECODING. Never a blind set, never shared/eval.
+
+    base  the shipped features
+    A     + the last turn by the other speaker (the offer a reply answers) + the rules' step of turns i-1, i+1
+    B     A + the turns i-2 and i+2
+
+    PYTHONPATH=. python bench/context_features.py base A B     # about 15 min on 2 cores
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # before bench/, whose pipeline.py would shadow the package
+import numpy as np  # noqa: E402
+import pipeline.tagging.learned as L  # noqa: E402
+import pipeline.tagging.training as T  # noqa: E402
+from bench import decoding as D  # noqa: E402
+
+base_features, base_size = L.features, L.feature_size
+K = len(L.CLASSES)
+
+def rule_onehot(rule_steps, i):
+    v = np.zeros(K, np.float32)
+    if 0 <= i < len(rule_steps):
+        s = rule_steps[i] or []
+        v[L.CLASSES.index(s[0]) if s else L.NONE] = 1
+    return v
+
+def make(variant):
+    extra_emb = {"A": 1, "B": 3}[variant]
+    def size(n_cues):
+        return base_size(n_cues) + extra_emb * L.DIM + 2 * K
+    def feats(emb, speakers, texts, rule_steps, rule_hits, cue_names):
+        x0 = base_features(emb, speakers, texts, rule_steps, rule_hits, cue_names)
+        n = len(texts)
+        add = np.zeros((n, extra_emb * L.DIM + 2 * K), np.float32)
+        for i in range(n):
+            # the last turn before this one by the other speaker (the offer a reply answers)
+            j = i - 1
+            while j >= 0 and speakers[i] in ("manager", "client") and speakers[j] == speakers[i]:
+                j -= 1
+            if j >= 0:
+                add[i, 0:L.DIM] = emb[j]
+            if variant == "B":
+                if i >= 2:
+                    add[i, L.DIM:2 * L.DIM] = emb[i - 2]
+                if i + 2 < n:
+                    add[i, 2 * L.DIM:3 * L.DIM] = emb[i + 2]
+            o = extra_emb * L.DIM
+            add[i, o:o + K] = rule_onehot(rule_steps, i - 1)
+            add[i, o + K:o + 2 * K] = rule_onehot(rule_steps, i + 1)
+        return np.concatenate([x0, add], axis=1)
+    return feats, size
+
+out = {}
+for variant in sys.argv[1:]:
+    t0 = time.time()
+    if variant == "base":
+        f, s = base_features, base_size
+    else:
+        f, s = make(variant)
+    T.features, T.feature_size, L.features, L.feature_size = f, s, f, s
+    sets = D.held_out_probabilities()
+    res = D.decode_all(sets, T.DECODING["prior_weight"], T.DECODING["transition_weight"])
+    real, dev = D.objective(res)
+    out[variant] = {"sum_real": real, "sum_dev": dev, **{f"{k[0]}|{k[1]}": (round(v["macro_f1"], 3), round(v["furthest"], 2))
+                                                         for k, v in res.items()}}
+    print(variant, f"{time.time() - t0:.0f}s", json.dumps(out[variant]), flush=True)
