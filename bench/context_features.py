@@ -64,9 +64,5 @@ for variant in sys.argv[1:]:
     T.features, T.feature_size, L.features, L.feature_size = f, s, f, s
     l2 = float(variant[3:]) if variant.startswith("l2=") else 0.1
     T.fit_softmax = lambda x, y, w, l2_=l2, **kw: base_fit(x, y, w, **{**kw, "l2": l2_})
-    sets = D.held_out_probabilities()
-    res = D.decode_all(sets, T.DECODING["prior_weight"], T.DECODING["transition_weight"])
-    real, dev = D.objective(res)
-    scores = {f"{k[0]}|{k[1]}": (round(v["macro_f1"], 3), round(v["furthest"], 2)) for k, v in res.items()}
-    out[variant] = {"sum_real": real, "sum_dev": dev, **scores}
+    out[variant] = D.shipped_scores()
     print(variant, f"{time.time() - t0:.0f}s", json.dumps(out[variant]), flush=True)

@@ -65,6 +65,15 @@ def decode_all(sets: dict, prior_weight: float, transition_weight: float) -> dic
     return res
 
 
+def shipped_scores() -> dict:
+    """The protocol at the shipped DECODING, for trials of features or encoders (patched in by the caller):
+    the two sums and each set's macro-F1 / furthest."""
+    res = decode_all(held_out_probabilities(), DECODING["prior_weight"], DECODING["transition_weight"])
+    real, dev = objective(res)
+    return {"sum_real": real, "sum_dev": dev,
+            **{f"{k[0]}|{k[1]}": (round(v["macro_f1"], 3), round(v["furthest"], 2)) for k, v in res.items()}}
+
+
 def pooled(res: dict, speakers: str) -> tuple[float, float]:
     keys = [k for k in res if k[0] in FAMILIES and k[1] == speakers]
     n = sum(res[k]["dialogues"] for k in keys)
