@@ -65,7 +65,8 @@ NOTE = ("Reading: trained on the written corpus alone, the model transferred poo
         "most end in the client accepting a suggestion (\"I'll check it out\"), which the guideline makes "
         "closing: a furthest-step accuracy of 0.40 says the model still mostly misses it. In Russian its real data is a machine translation of MultiWOZ "
         "(no licensed real Russian conversations were found: corpus/real/SOURCES-ru.md); the held-out set "
-        "outside the project is the judge.")
+        "outside the project is the judge."
+        " Dialogues without speakers (the \"unknown\" rows): `callqa tag` now reads who said each turn from its words and turn-taking, and leaves unsure turns unknown (`pipeline/roles.py`, turn_roles; settings chosen in bench/speaker_inference.py on written dev and the real families left out, section \"Speakers inferred from the words\" below). Against every turn unknown: written test en 0.833 / 0.80 (was 0.796 / 0.82), ru 0.825 / 0.90 (was 0.806 / 0.90); CamRest676 0.892 / 0.89 (was 0.888 / 1.00); ReDial 0.552 / 0.36 (was 0.546 / 0.36); shared/eval en 0.787 / 0.92, ru 0.830 / 0.78 (was 0.773 / 0.92, 0.724 / 0.78).")
 
 
 def run(dialogues: list[dict], rules, model) -> dict:

@@ -211,3 +211,54 @@ def test_callqa_train_on_the_projects_corpus_gives_the_shipped_model(tmp_path):
     assert np.allclose(new.transitions, shipped.transitions) and new.cue_names == shipped.cue_names
     assert new.meta["corpus"] == "corpus/dialogues.jsonl"
     assert abs(new.meta["dev"]["macro_f1"] - shipped.meta["dev"]["macro_f1"]) < 0.005
+
+
+def test_who_said_each_turn_of_a_dialogue_without_speakers_is_read_from_the_words_and_turn_taking():
+    """The written dev split (the role model never trained on it), speakers removed: most turns get a
+    speaker back, nearly all of them right; what is not sure stays unknown (bench/speaker_inference.py)."""
+    from pipeline.roles import turn_roles
+    dev = [d for d in load_corpus(real=False) if d["split"] == "dev"]
+    given = right = turns = 0
+    for d in dev:
+        inferred = turn_roles([t["text"] for t in d["turns"]])
+        turns += len(inferred)
+        for a, t in zip(inferred, d["turns"]):
+            if a != "unknown":
+                given += 1
+                right += a == t["speaker"]
+    assert given / turns > 0.5 and right / given > 0.93, (given, right, turns)
+    assert turn_roles(["Hello?"]) == ["unknown"]  # one turn: no turn-taking to go by
+
+
+def test_callqa_tag_infers_speakers_only_where_no_turn_names_one(tmp_path):
+    bare = {**DIALOGUE, "id": "bare", "turns": [{"text": t["text"]} for t in DIALOGUE["turns"]]}
+    some = {**DIALOGUE, "id": "some", "turns": [{"text": t["text"]} for t in DIALOGUE["turns"]]}
+    some["turns"][0]["speaker"] = "manager"
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in (DIALOGUE, bare, some)))
+    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "out.jsonl"))
+    assert r.returncode == 0, r.stderr
+    named, inferred, partial = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert not named["speakers_inferred"] and named["per_turn_speaker"] == [t["speaker"] for t in DIALOGUE["turns"]]
+    assert inferred["speakers_inferred"]
+    assert inferred["per_turn_speaker"][:4] == ["manager", "client", "manager", "client"]
+    # the client's two turns in a row (a question, then the price objection): turn-taking alone would give
+    # the objection to the manager; not sure, they stay unknown rather than wrong
+    assert all(a in ("unknown", t["speaker"]) for a, t in zip(inferred["per_turn_speaker"], DIALOGUE["turns"]))
+    assert set(inferred["per_turn_speaker"]) <= {"manager", "client", "unknown"}
+    assert not partial["speakers_inferred"] and partial["per_turn_speaker"][1:] == ["unknown"] * 7
+
+
+@pytest.mark.slow
+def test_without_speakers_the_inferred_ones_tag_better_than_none(monkeypatch):
+    """The written dev split, speakers removed: tagged through `callqa tag`'s reading (speakers inferred)
+    against every turn unknown (as before)."""
+    import pipeline.tagging.training as training
+    dev = [d for d in load_corpus(real=False) if d["split"] == "dev"]
+    model, rules = StepModel.load(PACKAGED), default_rules()
+    inferred = evaluate(model, dev, rules, speakers_known=False)
+    monkeypatch.setattr(training, "dialogue_speakers", lambda turns: (["unknown"] * len(turns), False))
+    unknown = evaluate(model, dev, rules, speakers_known=False)
+    gain = sum(inferred[lang]["macro_f1"] - unknown[lang]["macro_f1"] for lang in ("en", "ru"))
+    assert gain > 0.03, (inferred, unknown)
+    assert all(inferred[lang]["macro_f1"] > unknown[lang]["macro_f1"] - 0.01 for lang in ("en", "ru")), (inferred, unknown)

@@ -372,7 +372,8 @@ def test_tag_dialogues_roundtrip(tmp_path):
     assert [r["id"] for r in rows] == ["a", "b"]
     for r in rows:
         assert set(r) == {"id", "per_turn", "per_turn_all", "per_turn_prob", "per_turn_uncertain", "per_turn_evidence",
-                          "steps_present", "furthest_step", "objections", "flags"}
+                          "per_turn_speaker", "speakers_inferred", "steps_present", "furthest_step", "objections",
+                          "flags"}
         assert len(r["per_turn"]) == len(r["per_turn_all"])
     assert rows[0]["per_turn"] == ["greeting", "objection_handling", "objection_handling"]
     assert rows[0]["objections"][0]["kind"] == "supplier"

@@ -2,7 +2,8 @@
 
 One JSON object per line: ``{"id": "d1", "language": "en" | "ru" | "auto", "turns": [{"speaker":
 "manager" | "client", "text": "..."}, ...]}``. Other keys (the eval labels) are ignored; a speaker
-other than manager or client is "unknown".
+other than manager or client is "unknown". Where no turn names its speaker, who said each turn is
+inferred from the words and turn-taking (``dialogue_speakers``).
 """
 from __future__ import annotations
 
@@ -16,21 +17,37 @@ from .call import tag_call
 from .rules import Rules, default_rules
 
 
-def dialogue_segments(turns: list[dict], turn_s: float = 3.0) -> list[Segment]:
-    """Turns have no timings: each gets turn_s seconds, back to back."""
-    segs = []
-    for i, t in enumerate(turns):
-        sp = t.get("speaker", "unknown")
-        if sp not in ("manager", "client"):
-            sp = "unknown"
-        segs.append(Segment(speaker=sp, start=i * turn_s, end=(i + 1) * turn_s, text=t.get("text", "")))
-    return segs
+def dialogue_speakers(turns: list[dict]) -> tuple[list[str], bool]:
+    """Each turn's speaker, and whether they were inferred: as given; where no turn names one (a mono
+    transcript by turns), inferred from what each turn says and from turn-taking (``roles.turn_roles``),
+    "unknown" where that is not sure. Without the sentence encoder they stay unknown."""
+    given = [t.get("speaker") if t.get("speaker") in ("manager", "client") else "unknown" for t in turns]
+    if len(turns) < 2 or any(s != "unknown" for s in given):
+        return given, False
+    from pipeline.roles import turn_roles
+
+    from .embed import EncoderMissing
+    try:
+        return turn_roles([t.get("text", "") or "" for t in turns]), True
+    except EncoderMissing:
+        return given, False
+
+
+def dialogue_segments(turns: list[dict], turn_s: float = 3.0,
+                      speakers: Optional[list[str]] = None) -> list[Segment]:
+    """Turns have no timings: each gets turn_s seconds, back to back. ``speakers``: see dialogue_speakers."""
+    speakers = speakers or dialogue_speakers(turns)[0]
+    return [Segment(speaker=sp, start=i * turn_s, end=(i + 1) * turn_s, text=t.get("text", ""))
+            for i, (t, sp) in enumerate(zip(turns, speakers))]
 
 
 def tag_dialogue(d: dict, rules: Optional[Rules] = None, model=None) -> tuple[dict, Tagging]:
     rules = rules or default_rules()
-    segs = dialogue_segments(d.get("turns", []), rules.flags.dialogue_turn_s)
-    tg = tag_call(segs, d.get("language") or "auto", duration_s=None, rules=rules, model=model)
+    speakers, inferred = dialogue_speakers(d.get("turns", []))
+    segs = dialogue_segments(d.get("turns", []), rules.flags.dialogue_turn_s, speakers)
+    # roles read from the words are good enough for steps, not for who talked how much
+    tg = tag_call(segs, d.get("language") or "auto", duration_s=None, rules=rules, model=model,
+                  speakers_reliable=not inferred)
     steps_present = [s for s in ("greeting", "needs_discovery", "presentation", "objection_handling", "closing")
                      if tg.steps[s].present]
     out = {
@@ -40,6 +57,8 @@ def tag_dialogue(d: dict, rules: Optional[Rules] = None, model=None) -> tuple[di
         "per_turn_prob": [u.prob for u in tg.utterance_tags],
         "per_turn_uncertain": [u.uncertain for u in tg.utterance_tags],
         "per_turn_evidence": [u.evidence for u in tg.utterance_tags],
+        "per_turn_speaker": speakers,
+        "speakers_inferred": inferred,
         "steps_present": steps_present,
         "furthest_step": tg.furthest_step,
         "objections": [o.model_dump(mode="json") for o in tg.objections],

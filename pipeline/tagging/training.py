@@ -17,6 +17,7 @@ import numpy as np
 
 from models.events import STEPS
 
+from .dialogues import dialogue_speakers
 from .embed import encode
 from .learned import CLASSES, LANGS, NONE, StepModel, cue_names_of, features, feature_size, predict
 from .rules import Rules, default_rules
@@ -304,8 +305,7 @@ def evaluate(model: StepModel, dialogues: list[dict], rules: Optional[Rules] = N
         per_turn, per_all = [], []
         for d in ds:
             texts = [t.get("text", "") for t in d["turns"]]
-            speakers = [t.get("speaker") if t.get("speaker") in ("manager", "client") else "unknown"
-                        for t in d["turns"]]
+            speakers = dialogue_speakers(d["turns"])[0]  # as `callqa tag` reads them
             tags = tag_segments(texts, speakers, rules.compiled(lang))
             preds = predict(model, texts, speakers, [list(t.steps) for t in tags], [t.hits for t in tags])
             per_turn.append([p.step for p in preds])
