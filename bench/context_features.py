@@ -5,6 +5,9 @@ out in turn, and written dev) at the shipped DECODING. Never a blind set, never 
     base  the shipped features
     A     + the last turn by the other speaker (the offer a reply answers) + the rules' step of turns i-1, i+1
     B     A + the turns i-2 and i+2
+    G     + the whole call's mean embedding (what kind of call this is: a sale, a support call, a wrong number);
+          shipped since (learned.features, call_context), so "base" now has it and G adds it twice
+    R     + the rules' steps found anywhere in the call (a call-level summary of what the rules saw)
     l2=X  the shipped features, the softmax's l2 X instead of 0.1
 
     PYTHONPATH=. python bench/context_features.py base A B l2=0.03     # about 4 min a variant on 2 cores
@@ -57,10 +60,29 @@ def make(variant):
         return np.concatenate([x0, add], axis=1)
     return feats, size
 
+def make_call_level(variant):
+    extra = L.DIM if variant == "G" else K
+
+    def size(n_cues):
+        return base_size(n_cues) + extra
+
+    def feats(emb, speakers, texts, rule_steps, rule_hits, cue_names):
+        x0 = base_features(emb, speakers, texts, rule_steps, rule_hits, cue_names)
+        if variant == "G":
+            add = emb.mean(axis=0, keepdims=True) if len(texts) else np.zeros((1, L.DIM), np.float32)
+        else:
+            add = np.zeros((1, K), np.float32)
+            for i in range(len(texts)):
+                add[0] = np.maximum(add[0], rule_onehot(rule_steps, i))
+        return np.concatenate([x0, np.repeat(add, len(texts), axis=0).astype(np.float32)], axis=1)
+    return feats, size
+
+
 out = {}
 for variant in sys.argv[1:]:
     t0 = time.time()
-    f, s = (make(variant) if variant in ("A", "B") else (base_features, base_size))
+    f, s = (make(variant) if variant in ("A", "B") else make_call_level(variant) if variant in ("G", "R")
+            else (base_features, base_size))
     T.features, T.feature_size, L.features, L.feature_size = f, s, f, s
     l2 = float(variant[3:]) if variant.startswith("l2=") else 0.1
     T.fit_softmax = lambda x, y, w, l2_=l2, **kw: base_fit(x, y, w, **{**kw, "l2": l2_})

@@ -262,3 +262,24 @@ def test_without_speakers_the_inferred_ones_tag_better_than_none(monkeypatch):
     gain = sum(inferred[lang]["macro_f1"] - unknown[lang]["macro_f1"] for lang in ("en", "ru"))
     assert gain > 0.03, (inferred, unknown)
     assert all(inferred[lang]["macro_f1"] > unknown[lang]["macro_f1"] - 0.01 for lang in ("en", "ru")), (inferred, unknown)
+
+
+def test_a_model_file_from_before_the_call_context_still_loads_and_tags(tmp_path):
+    """A model a trainer installed before the call's mean embedding was a feature (no "call_context" in its
+    header, DIM columns fewer) must keep working after an upgrade: a worker refuses to start without one."""
+    from pipeline.tagging.embed import DIM
+    m = StepModel.load(PACKAGED)
+    assert m.call_context
+    meta = {k: v for k, v in m.meta.items() if k != "call_context"}
+    old = StepModel(m.weights[:-DIM], m.bias, m.mean[:-DIM], m.scale[:-DIM], m.transitions, m.cue_names, meta,
+                    m.ex_emb, m.ex_text, m.ex_label, m.ex_lang)
+    old.save(tmp_path / "old.npz")
+    loaded = StepModel.load(tmp_path / "old.npz")
+    assert not loaded.call_context
+    tg = tag_call(dialogue_segments(DIALOGUE["turns"]), "en", None, default_rules(), loaded)
+    assert len(tg.utterance_tags) == len(DIALOGUE["turns"]) and tg.utterance_tags[0].step == "greeting"
+    # a header that claims the call context over arrays without it is a damaged file, not a model
+    StepModel(old.weights, old.bias, old.mean, old.scale, old.transitions, old.cue_names,
+              {**meta, "call_context": True}).save(tmp_path / "bad.npz")
+    with pytest.raises(ModelError, match="do not fit together"):
+        StepModel.load(tmp_path / "bad.npz")

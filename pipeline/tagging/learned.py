@@ -1,7 +1,8 @@
 """The learned step tagger: per-turn features -> softmax regression -> Viterbi over the whole call.
 
 Features of a turn: its sentence embedding, the embeddings of its neighbours, the embedding again
-split by speaker (the same words mean other things from the client), speaker, position in the call,
+split by speaker (the same words mean other things from the client), the whole call's mean embedding
+(what kind of call it is: a sale, a support call, a wrong number), speaker, position in the call,
 length and question marks, and the rules' cues and verdict (the rules stay: as features and as
 evidence). A softmax regression gives each turn a probability per step (and "none"); Viterbi with
 step-transition priors then picks the call's most likely sequence, so tags are coherent (calls mostly
@@ -70,6 +71,11 @@ class StepModel:
     @property
     def transition_weight(self) -> float:
         return float(self.meta.get("transition_weight", 1.0))
+
+    @property
+    def call_context(self) -> bool:
+        """Whether the model reads the call's mean embedding (models trained before it was added do not)."""
+        return bool(self.meta.get("call_context", False))
 
     @property
     def threshold(self) -> float:
@@ -152,24 +158,26 @@ class StepModel:
         except Exception as e:  # truncated, not a zip, missing arrays, bad JSON
             raise ModelError(f"{path} is not a usable step model ({type(e).__name__}: {e}); "
                              "reinstall it with `callqa train` or use the rules (--tagger rules)") from None
-        n_feat = feature_size(len(m.cue_names))
+        n_feat = feature_size(len(m.cue_names), m.call_context)
         if m.weights.shape != (n_feat, len(CLASSES)) or m.mean.shape != (n_feat,) or \
                 m.transitions.shape != (len(CLASSES) + 1, len(CLASSES)):
             raise ModelError(f"{path}: the arrays do not fit together (a damaged or foreign file)")
         return m
 
 
-def feature_size(n_cues: int) -> int:
-    return 5 * DIM + len(SPEAKERS) + 6 + 2 * len(CLASSES) + n_cues
+def feature_size(n_cues: int, call_context: bool = True) -> int:
+    return 5 * DIM + len(SPEAKERS) + 6 + 2 * len(CLASSES) + n_cues + (DIM if call_context else 0)
 
 
 def features(emb: np.ndarray, speakers: Sequence[str], texts: Sequence[str], rule_steps: Sequence[list[str]],
-             rule_hits: Sequence[dict], cue_names: Sequence[str]) -> np.ndarray:
+             rule_hits: Sequence[dict], cue_names: Sequence[str], call_context: bool = True) -> np.ndarray:
     """One row per turn (see the module docstring for what is in it)."""
     n = len(texts)
-    x = np.zeros((n, feature_size(len(cue_names))), dtype=np.float32)
+    x = np.zeros((n, feature_size(len(cue_names), call_context)), dtype=np.float32)
     if n == 0:
         return x
+    if call_context:  # last, so that the columns before keep their place in older model files
+        x[:, -DIM:] = emb.mean(axis=0)
     zero = np.zeros(DIM, np.float32)
     cue_index = {c: k for k, c in enumerate(cue_names)}
     o_sp = 5 * DIM
@@ -216,7 +224,8 @@ def predict(model: StepModel, texts: Sequence[str], speakers: Sequence[str], rul
             rule_hits: Sequence[dict], emb: Optional[np.ndarray] = None,
             language: Optional[str] = None) -> list[TurnPrediction]:
     emb = encode(texts) if emb is None else emb
-    probs = model.probabilities(features(emb, speakers, texts, rule_steps, rule_hits, model.cue_names))
+    probs = model.probabilities(features(emb, speakers, texts, rule_steps, rule_hits, model.cue_names,
+                                         model.call_context))
     path = model.decode(probs)
     out = []
     for i, k in enumerate(path):

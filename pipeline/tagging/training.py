@@ -213,7 +213,8 @@ def train(corpus: list[dict], rules: Optional[Rules] = None, extra: Iterable[dic
     w = (freq.sum() / freq / len(CLASSES)) ** 0.5  # softened class balance: macro-F1 counts rare steps
     W, b, mean, scale = fit_softmax(x, y, w[y].astype(np.float32), seed=seed)
     model = StepModel(W, b, mean, scale, transitions_of(gold(d) for d in base), cue_names,
-                      meta={"class_prior": (freq / freq.sum()).tolist(), "trained_on": dialogues})
+                      meta={"class_prior": (freq / freq.sum()).tolist(), "trained_on": dialogues,
+                            "call_context": True})
     _exemplars(model, base, rng)
     model.meta.update(DECODING)
     if dev:
