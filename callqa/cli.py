@@ -468,7 +468,8 @@ def cmd_tag(args, s: Settings) -> int:
             except EncoderMissing as e:
                 return _err(str(e))
             if args.explain:
-                ex = explain_call(dialogue_segments(d["turns"], rules.flags.dialogue_turn_s),
+                # the speakers tag_dialogue used (inferred once, not again)
+                ex = explain_call(dialogue_segments(d["turns"], rules.flags.dialogue_turn_s, res["per_turn_speaker"]),
                                   d.get("language") or "auto", rules, model=model)
                 res["explanation"] = ex.model_dump(mode="json")
                 print(f"== {d.get('id') or '(no id)'} ==")

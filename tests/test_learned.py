@@ -236,9 +236,13 @@ def test_callqa_tag_infers_speakers_only_where_no_turn_names_one(tmp_path):
     some["turns"][0]["speaker"] = "manager"
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(d) + "\n" for d in (DIALOGUE, bare, some)))
-    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "out.jsonl"))
+    r = run_cli("tag", "--input", str(src), "--output", str(tmp_path / "out.jsonl"), "--explain")
     assert r.returncode == 0, r.stderr
     named, inferred, partial = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    for res in (named, inferred, partial):  # --explain reads the speakers and steps the tags were made with
+        segs = res["explanation"]["segments"]
+        assert [s["speaker"] for s in segs] == res["per_turn_speaker"]
+        assert [s["step"] for s in segs] == res["per_turn"]
     assert not named["speakers_inferred"] and named["per_turn_speaker"] == [t["speaker"] for t in DIALOGUE["turns"]]
     assert inferred["speakers_inferred"]
     assert inferred["per_turn_speaker"][:4] == ["manager", "client", "manager", "client"]
