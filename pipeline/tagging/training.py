@@ -28,8 +28,8 @@ _FILLERS = {"en": ["uh", "um", "like", "you know", "so"], "ru": ["ээ", "ну",
 _PUNCT = re.compile(r"[^\w\s'-]+", re.U)
 
 
-# Real human-human conversations (corpus/real/SOURCES-*.md), split by source family: CamRest676 and ReDial
-# are their blind tests, the rest train. The written corpus alone transferred poorly to real talk (bench/README.md,
+# Real human-human conversations (corpus/real/SOURCES-*.md), split by source family: CamRest676 and ReDial's
+# test file are their blind tests, the rest train (ReDial's validation-file chats among them). The written corpus alone transferred poorly to real talk (bench/README.md,
 # "Real conversations"), so the real ones weigh more: each is repeated REAL_WEIGHT times, the weight chosen
 # leaving one source family out at a time (1 vs 3; bench/real_transfer.py), never on shared/eval.
 REAL_DIR = CORPUS.parent / "real"
