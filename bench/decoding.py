@@ -29,7 +29,7 @@ from pipeline.tagging.training import DECODING, load_corpus, prepare, score, tra
 
 README = ROOT / "bench" / "README.md"
 MARK_START, MARK_END = "<!-- decoding:start -->", "<!-- decoding:end -->"
-# every real family in the train split (the real blind tests, CamRest676 and ReDial, are in test: never here)
+# every real family in the train split (the real blind tests, CamRest676 and ReDial's test file, never here)
 FAMILIES = tuple(sorted({d["family"] for d in load_corpus() if d.get("writer") == "real" and d.get("split") == "train"}))
 PRIOR_WEIGHTS = (0.0, 0.1, 0.25, 0.4, 0.5, 0.75, 1.0, 1.25, 1.5)
 # fine near 0: with the call context among the features the best weight fell from 0.25 towards 0
