@@ -30,8 +30,9 @@ _PUNCT = re.compile(r"[^\w\s'-]+", re.U)
 
 # Real human-human conversations (corpus/real/SOURCES-*.md), split by source family: CamRest676 and ReDial's
 # test file are their blind tests, the rest train (ReDial's validation-file chats among them). The written
-# corpus alone transferred poorly to real talk (bench/README.md, "Real conversations"), so the real ones weigh more: each is repeated REAL_WEIGHT times, the weight chosen
-# leaving one source family out at a time (1 vs 3; bench/real_transfer.py), never on shared/eval.
+# corpus alone transferred poorly to real talk (bench/README.md, "Real conversations"), so the real ones
+# weigh more: each is repeated REAL_WEIGHT times, the weight chosen leaving one source family out at a time
+# (1 vs 3; bench/real_transfer.py, 2-4 again in bench/real_weight.py), never on shared/eval.
 REAL_DIR = CORPUS.parent / "real"
 REAL_WEIGHT = 3
 
