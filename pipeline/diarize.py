@@ -1,7 +1,9 @@
 """Who spoke when in one mixed channel: speaker embeddings over the speech Whisper found, clustered.
 
 Windows of 1.6 s (the encoder's length) are laid over the words' time spans, embedded, and clustered into
-one to three voices (two is the usual call; a voicemail or an IVR gives one, a transfer three). Each word
+one to three voices (two is the usual call; a voicemail or an IVR gives one, a transfer three). The
+constants hold when word timings move by tens of milliseconds, as they do from one CPU's Whisper kernels
+to another's (bench/voices.py). Each word
 takes the voice of the windows around it, smoothed so that a voice does not flicker word by word; a
 Whisper turn is split where its words change voice.
 """
@@ -18,7 +20,18 @@ from pipeline.voice import HOP, PARTIAL_FRAMES, SAMPLE_RATE, get_encoder, mel_fr
 WINDOW_S = PARTIAL_FRAMES * HOP / SAMPLE_RATE  # 1.6
 MAX_SPEAKERS = 3
 SAME_VOICE = 0.90      # centroids closer than this (cosine) are one voice
+# One speaker's windows split in two measured 0.85-0.88 here, and so did two real speakers on 16 kHz
+# overlapping speech: between MAYBE_ONE_VOICE and SAME_VOICE the two voices are kept, but the roles are not
+# trusted (a monologue or voicemail must not get a confident manager and client).
+MAYBE_ONE_VOICE = 0.85
+# A third voice must be as far from both others as two parties are: real third parties (a transfer) measured
+# 0.60-0.67 from their nearest voice here, one party's voice split in two 0.84-0.87 (bench/README "Voices").
+THIRD_VOICE = 0.75
 MIN_SHARE = 0.05       # a voice needs this share of the windows (fewer: outliers of one voice)
+# Windows every 0.4 s: at 0.8 s a 30 s two-party sample had about 25 windows, and timings a few tens of ms
+# apart (another CPU's Whisper kernels) swung its clustering (bench/README "Voices").
+STEP_S = 0.4
+KMEANS_STARTS = 20     # 0: one start only, from the most remote window (as before 2026-12-01)
 SWITCH_COST = 0.5      # in the smoothing: a change of voice must be earned over a few windows
 BATCH = 64
 
@@ -70,24 +83,41 @@ def embed_windows(audio: np.ndarray, windows: list[tuple[float, float]]) -> np.n
     return np.concatenate(out) if out else np.zeros((0, 256), np.float32)
 
 
-def _kmeans(x: np.ndarray, k: int, iters: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical k-means seeded with the mutually farthest windows (deterministic)."""
-    sims = x @ x.T
-    seeds = [int(np.argmin(sims.sum(1)))]
-    while len(seeds) < k:
-        seeds.append(int(np.argmin(np.max(sims[:, seeds], axis=1))))
+def _kmeans_from(x: np.ndarray, seeds: list[int], iters: int) -> tuple[np.ndarray, np.ndarray, float]:
     cent = x[seeds].copy()
-    labels = np.zeros(len(x), int)
+    labels = np.full(len(x), -1)
     for _ in range(iters):
         new = np.argmax(x @ cent.T, axis=1)
-        for j in range(k):
+        for j in range(len(seeds)):
             if np.any(new == j):
                 c = x[new == j].mean(0)
                 cent[j] = c / max(np.linalg.norm(c), 1e-9)
         if np.array_equal(new, labels):
             break
         labels = new
-    return labels, cent
+    return labels, cent, float(np.max(x @ cent.T, axis=1).sum())
+
+
+def _kmeans(x: np.ndarray, k: int, iters: int = 30, starts: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical k-means, the best of several deterministic starts (each a window and the windows farthest
+    from those chosen). One start from the call's most remote window let a few windows of overlap or noise
+    take a cluster of their own, and the two parties share the other."""
+    starts = KMEANS_STARTS if starts is None else starts
+    # No window x window matrix: an hour-long call has about 9000 windows.
+    total = x @ x.sum(0)
+    first = [int(np.argmin(total))]
+    if starts:
+        first += [int(np.argmax(total))] + [int(i) for i in np.linspace(0, len(x) - 1, starts).round().astype(int)]
+    best = None
+    for s0 in dict.fromkeys(first):
+        seeds, nearest = [s0], x @ x[s0]
+        while len(seeds) < k:
+            seeds.append(int(np.argmin(nearest)))
+            nearest = np.maximum(nearest, x @ x[seeds[-1]])
+        cur = _kmeans_from(x, seeds, iters)
+        if best is None or cur[2] > best[2] + 1e-9:
+            best = cur
+    return best[0], best[1]
 
 
 def cluster(emb: np.ndarray, max_speakers: int = MAX_SPEAKERS) -> tuple[np.ndarray, np.ndarray]:
@@ -97,8 +127,8 @@ def cluster(emb: np.ndarray, max_speakers: int = MAX_SPEAKERS) -> tuple[np.ndarr
         c = emb.mean(0, keepdims=True)
         return np.zeros(n, int), c / max(np.linalg.norm(c), 1e-9)
     labels, cent = _kmeans(emb, 2)
-    # A call has two parties unless the voices are nearly one: single speakers measured 0.85-0.88 here, and
-    # so did two similar voices, so two is assumed below 0.9 and the roles' confidence says the rest.
+    # A call has two parties unless the voices are nearly one; close to that, attribute() leaves the roles
+    # uncertain (MAYBE_ONE_VOICE).
     if float(cent[0] @ cent[1]) >= SAME_VOICE or np.bincount(labels, minlength=2).min() < MIN_SHARE * n:
         c = emb.mean(0, keepdims=True)
         return np.zeros(n, int), c / max(np.linalg.norm(c), 1e-9)
@@ -106,7 +136,7 @@ def cluster(emb: np.ndarray, max_speakers: int = MAX_SPEAKERS) -> tuple[np.ndarr
         l3, c3 = _kmeans(emb, 3)
         shares = np.bincount(l3, minlength=3) / n
         pair = c3 @ c3.T
-        if shares.min() >= MIN_SHARE and pair[np.triu_indices(3, 1)].max() < SAME_VOICE:
+        if shares.min() >= MIN_SHARE and pair[np.triu_indices(3, 1)].max() < THIRD_VOICE:
             return l3, c3
     return labels, cent
 
@@ -131,9 +161,9 @@ def smooth(scores: np.ndarray, switch_cost: Optional[float] = None) -> np.ndarra
     return path
 
 
-def diarize(audio: np.ndarray, spans: list[tuple[float, float]], step_s: float = 0.8,
+def diarize(audio: np.ndarray, spans: list[tuple[float, float]], step_s: Optional[float] = None,
             max_speakers: int = MAX_SPEAKERS) -> Diarization:
-    windows = speech_windows(spans, step_s)
+    windows = speech_windows(spans, STEP_S if step_s is None else step_s)
     if not windows:
         return Diarization(labels=[], windows=[], speakers=1 if spans else 0, centroid_similarity=1.0)
     emb = embed_windows(audio, windows)
@@ -240,9 +270,12 @@ def attribute(audio: np.ndarray, result, direction: Optional[str] = None, min_co
     voices = [v for _, v in pairs]
     ra = roles.assign(texts, voices, [roles.turn_weight(x) for x in texts], direction=direction,
                       min_confidence=min_confidence)
+    info = {"method": "diarization", "voices": d.speakers, "confidence": round(ra.confidence, 4),
+            "uncertain": ra.uncertain, "voice_similarity": d.centroid_similarity}
+    if d.speakers >= 2 and d.centroid_similarity >= MAYBE_ONE_VOICE:
+        info.update(uncertain=True, reason="the two voices are so alike that they may be one speaker")
     spent = time.perf_counter() - t0
     return dataclasses.replace(
         result, turns=[t for t, _ in pairs], voices=voices, speakers=[ra.roles.get(v, "unknown") for v in voices],
-        roles={"method": "diarization", "voices": d.speakers, "confidence": round(ra.confidence, 4),
-               "uncertain": ra.uncertain, "voice_similarity": d.centroid_similarity},
+        roles=info,
         wall_s=result.wall_s + spent, diarize_s=round(spent, 3))

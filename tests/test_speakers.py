@@ -99,6 +99,30 @@ def test_roles_in_mono_calls(shared_dir, opts, name, lang):
                                                           zip(out.turns, out.voices)])["der"] <= 0.15
 
 
+def test_a_third_party_is_a_voice_of_its_own(shared_dir, opts):
+    """A transfer: someone else takes over after the call (JFK joined on after the callytics call). The
+    newcomer is a third voice and none of the first two speaks after the join; the call alone gives two
+    (test_roles_in_mono_calls): one party's voice is not split into a third."""
+    a = decode_channels(shared_dir / "audio/real/callytics_call01_en_8k.wav")[0]
+    b = decode_channels(shared_dir / "audio/real/jfk_8k.wav")[0]
+    audio = np.concatenate([a, np.zeros(16000, np.float32), b])
+    out = attribute(audio, transcribe_arrays([audio], "en", opts, mono=True)[0])
+    assert out.roles["voices"] == 3, out.roles
+    cut = (len(a) + 16000) / 16000
+    late = {v for t, v in zip(out.turns, out.voices) if t.start >= cut}
+    early = {v for t, v in zip(out.turns, out.voices) if t.end <= cut}
+    assert len(late) == 1 and not late & early, (late, early)
+
+
+def test_one_speaker_gets_no_trusted_roles(shared_dir, opts):
+    """A monologue (a voicemail, a message) is no conversation: one voice, or two and the roles not trusted.
+    (A second reader, osr_en_8k, passes in only 5 of 9 timing draws with AVX-512 kernels: bench/README,
+    "Voices steady across machines".)"""
+    audio = decode_channels(shared_dir / "audio/real/jfk_8k.wav")[0]
+    out = attribute(audio, transcribe_arrays([audio], "en", opts, mono=True)[0])
+    assert out.roles["voices"] == 1 or out.roles["uncertain"], out.roles
+
+
 def test_der_on_the_pyannote_sample(shared_dir, opts):
     audio = decode_channels(shared_dir / "audio/real/pyannote_sample_en_16k.wav")[0]
     out = attribute(audio, transcribe_arrays([audio], "en", opts, mono=True)[0])
