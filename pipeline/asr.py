@@ -26,7 +26,8 @@ What both get, in this order (``BaseEngine.transcribe_streams``):
    channels of a call are decoded ``batch_size`` at a time (``_decode_batched``);
    *sequential*: Whisper's own sliding 30 s window over each channel in turn.
 3. **Hallucination guards**: Whisper's no-speech rule (``no_speech_prob`` over
-   the threshold with a low ``avg_logprob``), a compression-ratio cap, a list of
+   the threshold with a low ``avg_logprob``) and the same rule a step further (a
+   lower no-speech bar for a far lower log-prob), a compression-ratio cap, a list of
    the phrases Whisper invents on silence and music when the segment is unsure,
    and collapsing of phrases looped three or more times.
 4. **Turns**: words are regrouped at pauses over ``turn_gap_s`` (and at a sentence
@@ -444,9 +445,17 @@ _HALLUCINATIONS = [
 _HALLU_RE = re.compile(r"^(" + "|".join(_HALLUCINATIONS) + r")$", re.IGNORECASE)
 
 
+# Hold music decoded into words on one CPU's kernels (AMX) scored avg log-prob -2.2 with no-speech 0.59,
+# just under Whisper's 0.6; the least sure real speech in ../shared/audio scored -0.45 (2026-12-01).
+UNSURE_NO_SPEECH = 0.4
+UNSURE_LOGPROB = -1.5
+
+
 def is_hallucination(seg: RawSegment, opts: AsrOptions) -> bool:
     if seg.no_speech_prob > opts.no_speech_threshold and seg.avg_logprob < opts.logprob_threshold:
         return True  # Whisper's own "this was not speech" rule
+    if seg.no_speech_prob > UNSURE_NO_SPEECH and seg.avg_logprob < UNSURE_LOGPROB:
+        return True  # the same rule one step further: far less sure of the words, so less no-speech evidence
     if seg.compression_ratio > opts.compression_ratio_threshold:
         return True  # a looping decode ("la la la la ...")
     core = " ".join(re.sub(r"[^\w\s]+", " ", seg.text).split())
