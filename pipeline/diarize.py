@@ -20,16 +20,17 @@ from pipeline.voice import HOP, PARTIAL_FRAMES, SAMPLE_RATE, get_encoder, mel_fr
 WINDOW_S = PARTIAL_FRAMES * HOP / SAMPLE_RATE  # 1.6
 MAX_SPEAKERS = 3
 SAME_VOICE = 0.90      # centroids closer than this (cosine) are one voice
-# One speaker's windows split in two measured 0.85-0.88 here, and so did two real speakers on 16 kHz
-# overlapping speech: between MAYBE_ONE_VOICE and SAME_VOICE the two voices are kept, but the roles are not
-# trusted (a monologue or voicemail must not get a confident manager and client).
+# One speaker's windows split in two measured 0.80-0.88, two real speakers on 16 kHz overlapping speech
+# 0.87-0.88 (bench/voices.py): between MAYBE_ONE_VOICE and SAME_VOICE the two voices are kept, but the roles
+# are not trusted (a monologue or voicemail must not get a confident manager and client).
 MAYBE_ONE_VOICE = 0.85
 # A third voice must be as far from both others as two parties are: real third parties (a transfer) measured
-# 0.60-0.67 from their nearest voice here, one party's voice split in two 0.84-0.87 (bench/README "Voices").
+# 0.60-0.67 from their nearest voice, one party's voice split in two 0.80-0.86 (bench/README, "Voices steady
+# across machines").
 THIRD_VOICE = 0.75
 MIN_SHARE = 0.05       # a voice needs this share of the windows (fewer: outliers of one voice)
 # Windows every 0.4 s: at 0.8 s a 30 s two-party sample had about 25 windows, and timings a few tens of ms
-# apart (another CPU's Whisper kernels) swung its clustering (bench/README "Voices").
+# apart (another CPU's Whisper kernels) swung its clustering (bench/README, "Voices steady across machines").
 STEP_S = 0.4
 KMEANS_STARTS = 20     # 0: one start only, from the most remote window (as before 2026-12-01)
 SWITCH_COST = 0.5      # in the smoothing: a change of voice must be earned over a few windows
