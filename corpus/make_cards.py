@@ -97,3 +97,34 @@ for w in cards2:
             cards2[w].append(card)
     with open(f"cards_{w}.jsonl", "w") as f:
         for c in cards2[w]: f.write(json.dumps(c, ensure_ascii=False) + "\n")
+
+# Third batch (session 18): sales-script paths, the turn type of the guideline's rule 12 that no earlier
+# card asked for: a company's call script walked along one branch, the manager's lines as the script
+# words them (placeholders kept), the client's lines the script's answer buttons or stage directions.
+rng3 = random.Random(20261201)
+KINDS3 = [
+    ("gatekeeper", 35, "a company's outbound cold-call script that starts with the secretary/receptionist; one path through it "
+        "(connected to the decision maker, or redirected to a supplier contact, or refused, or asked to send an e-mail)"),
+    ("b2b_outbound_cold", 35, "a company's outbound cold-call script for the decision maker (ЛПР / DM) after getting through; one path "
+        "through it (objections handled by the script's prepared answers)"),
+    ("b2b_outbound_warm", 15, "a company's follow-up call script: the client got a KP/quote or left a request earlier; one path through it"),
+    ("b2b_inbound", 15, "a company's script for answering inbound calls from a price list or an ad; one path through it"),
+]
+STYLE3 = ("sales-script path: the manager's turns are the script's lines as written (formal, may keep placeholders in brackets "
+          "such as '(называем имя ЛПР)' / '(name of the decision maker)' or '(product)'); the client's turns are the script's "
+          "answer-button labels, short (1-6 words: 'Соединяю', 'Нет, не интересно', 'Есть поставщик', 'Пришлите на почту' / "
+          "'Not interested', 'We have a supplier', 'Send it by e-mail'), sometimes a stage direction in the third person "
+          "('называет e-mail', 'ЛПР уточняет цену', 'gives the DM's name')")
+LENGTH3 = [((5, 10), 40), ((11, 24), 50), ((25, 40), 10)]
+cards3 = {"w9": [], "w10": []}
+for w in cards3:
+    for lang, n_lang in (("ru", 30), ("en", 10)):
+        for i in range(n_lang):
+            kind = pick([((k, d), wt) for k, wt, d in KINDS3], rng3)
+            length = rng3.choices([l for l, _ in LENGTH3], [wt for _, wt in LENGTH3])[0]
+            card = {"card": f"{w}-{lang}-{i+1:03d}", "language": lang, "kind": kind[0], "situation": kind[1],
+                    "industry": rng3.choice(INDUSTRIES), "turns": "%d-%d" % length, "style": STYLE3,
+                    "outcome": rng3.choice(OUTCOMES), "objections": rng3.choice(OBJ), "manager": rng3.choice(SKILL)}
+            cards3[w].append(card)
+    with open(f"cards_{w}.jsonl", "w") as f:
+        for c in cards3[w]: f.write(json.dumps(c, ensure_ascii=False) + "\n")
