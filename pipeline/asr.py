@@ -815,7 +815,10 @@ class FasterWhisperEngine(BaseEngine):
                              float(seg["no_speech_prob"]), get_compression_ratio(text) if text.strip() else 0.0,
                              [WordT(float(w["start"] - t0), float(w["end"] - t0), w["word"], float(w["probability"]))
                               for w in seg.get("words") or []])
-            silent = raw.no_speech_prob > opts.no_speech_threshold and raw.avg_logprob < opts.logprob_threshold
+            # not speech by either no-speech rule of is_hallucination: decoded again, hold music would be
+            # sampled at rising temperatures, and a lucky random sample could pass as words
+            silent = (raw.no_speech_prob > opts.no_speech_threshold and raw.avg_logprob < opts.logprob_threshold
+                      or raw.no_speech_prob > UNSURE_NO_SPEECH and raw.avg_logprob < UNSURE_LOGPROB)
             if not silent and (raw.compression_ratio > opts.compression_ratio_threshold
                                or raw.avg_logprob < opts.logprob_threshold):
                 out.append((self.decode(c.audio, tok.language_code, opts)[0], True))  # with the temperature fallback
