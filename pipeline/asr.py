@@ -703,7 +703,8 @@ class FasterWhisperEngine(BaseEngine):
         thread) decodes a batch of its own; ``batch_size`` counts the chunks in flight over all of them, and
         chunks are cut and their features computed only when their batch is due, so memory does not grow
         with the length of the call. A chunk whose decode fails Whisper's own checks (compression ratio,
-        log-prob) is decoded again sequentially with the temperature fallback, as the sequential mode would.
+        log-prob) is decoded again sequentially with the temperature fallback, as the sequential mode would,
+        unless it is not speech (the no-speech rules of ``is_hallucination``): sampled music is random text.
         The language, when not given, is detected once per call from the first batch (all streams of a call
         speak one language)."""
         from concurrent.futures import ThreadPoolExecutor
