@@ -451,11 +451,16 @@ UNSURE_NO_SPEECH = 0.4
 UNSURE_LOGPROB = -1.5
 
 
+def is_not_speech(seg: RawSegment, opts: AsrOptions) -> bool:
+    """Whisper's own "this was not speech" rule, and the same rule one step further: far less sure of the
+    words, so less no-speech evidence needed."""
+    return (seg.no_speech_prob > opts.no_speech_threshold and seg.avg_logprob < opts.logprob_threshold
+            or seg.no_speech_prob > UNSURE_NO_SPEECH and seg.avg_logprob < UNSURE_LOGPROB)
+
+
 def is_hallucination(seg: RawSegment, opts: AsrOptions) -> bool:
-    if seg.no_speech_prob > opts.no_speech_threshold and seg.avg_logprob < opts.logprob_threshold:
-        return True  # Whisper's own "this was not speech" rule
-    if seg.no_speech_prob > UNSURE_NO_SPEECH and seg.avg_logprob < UNSURE_LOGPROB:
-        return True  # the same rule one step further: far less sure of the words, so less no-speech evidence
+    if is_not_speech(seg, opts):
+        return True
     if seg.compression_ratio > opts.compression_ratio_threshold:
         return True  # a looping decode ("la la la la ...")
     core = " ".join(re.sub(r"[^\w\s]+", " ", seg.text).split())
@@ -704,7 +709,7 @@ class FasterWhisperEngine(BaseEngine):
         chunks are cut and their features computed only when their batch is due, so memory does not grow
         with the length of the call. A chunk whose decode fails Whisper's own checks (compression ratio,
         log-prob) is decoded again sequentially with the temperature fallback, as the sequential mode would,
-        unless it is not speech (the no-speech rules of ``is_hallucination``): sampled music is random text.
+        unless it is not speech (``is_not_speech``): sampled music is random text.
         The language, when not given, is detected once per call from the first batch (all streams of a call
         speak one language)."""
         from concurrent.futures import ThreadPoolExecutor
@@ -816,11 +821,9 @@ class FasterWhisperEngine(BaseEngine):
                              float(seg["no_speech_prob"]), get_compression_ratio(text) if text.strip() else 0.0,
                              [WordT(float(w["start"] - t0), float(w["end"] - t0), w["word"], float(w["probability"]))
                               for w in seg.get("words") or []])
-            # not speech by either no-speech rule of is_hallucination: decoded again, hold music would be
-            # sampled at rising temperatures, and a lucky random sample could pass as words
-            silent = (raw.no_speech_prob > opts.no_speech_threshold and raw.avg_logprob < opts.logprob_threshold
-                      or raw.no_speech_prob > UNSURE_NO_SPEECH and raw.avg_logprob < UNSURE_LOGPROB)
-            if not silent and (raw.compression_ratio > opts.compression_ratio_threshold
+            # not speech is not decoded again: hold music would be sampled at rising temperatures, and a
+            # lucky random sample could pass as words
+            if not is_not_speech(raw, opts) and (raw.compression_ratio > opts.compression_ratio_threshold
                                or raw.avg_logprob < opts.logprob_threshold):
                 out.append((self.decode(c.audio, tok.language_code, opts)[0], True))  # with the temperature fallback
             else:
